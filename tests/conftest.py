@@ -1,0 +1,46 @@
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _data_dir(name):
+    folder = SHARED_DATA / name
+    if not (folder / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real {name} files not found in {folder}")
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    return _data_dir("mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir():
+    return _data_dir("fashion_mnist")
+
+
+def quick_config(output_dir, data_dir, **overrides):
+    """A few-second run on a small real subset."""
+    import main
+
+    settings = dict(data_dir=data_dir, output_dir=str(output_dir), limit=512, epochs=1, batch_size=64,
+                    filters=8, hidden_units=32)
+    settings.update(overrides)
+    return main.Config(**settings)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mnist_dir):
+    """One short training run that several tests inspect."""
+    import main
+
+    output_dir = tmp_path_factory.mktemp("run")
+    vae, history = main.train(quick_config(output_dir, mnist_dir))
+    return output_dir, vae, history

@@ -1,0 +1,50 @@
+"""The command line: documented flags, refused bad values, one-line errors."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+import main
+from conftest import REPO
+
+
+def test_help_documents_every_setting_with_its_default():
+    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for config_field in dataclasses.fields(main.Config):
+        assert "--" + config_field.name.replace("_", "-") in result.stdout
+    assert "(default: 30)" in result.stdout  # epochs
+
+
+def test_flags_map_onto_config():
+    config = main.parse_args(["--epochs", "3", "--latent-dim", "8", "--learning-rate", "0.01", "--no-plots"])
+    assert (config.epochs, config.latent_dim, config.learning_rate, config.plots) == (3, 8, 0.01, False)
+    assert main.parse_args([]) == main.Config()
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--epochs", "0"], ["--latent-dim", "0"], ["--batch-size", "-1"], ["--learning-rate", "nan"],
+    ["--image-size", "30"], ["--dataset", "cifar"], ["--epochs", "two"],
+])
+def test_bad_values_are_refused_with_usage(arguments, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(arguments)
+    assert exit_info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_bad_data_dir_gives_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "main.py", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
+    assert "Traceback" not in result.stderr
+
+
+def test_output_path_that_is_a_file_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(main.RunError, match="is a file"):
+        main.train(main.Config(output_dir=str(blocker), data_dir=str(tmp_path)))

@@ -1,0 +1,180 @@
+"""The data a user points the program at: read right, or refused with a clear error."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import data
+from data import IMAGES_MAGIC, LABELS_MAGIC, DataError
+
+
+def idx_bytes(array, magic):
+    return struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path, array, magic, compress=True):
+    payload = idx_bytes(array, magic)
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def write_dataset(folder, train_count=12, test_count=6):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (train_count, 28, 28)),
+        "train_labels": rng.integers(0, 10, train_count),
+        "test_images": rng.integers(0, 256, (test_count, 28, 28)),
+        "test_labels": rng.integers(0, 10, test_count),
+    }
+    for key, array in arrays.items():
+        magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
+        write_idx(folder / data.IDX_FILES[key], array, magic)
+    return arrays
+
+
+def test_reads_idx_files_back_exactly(tmp_path):
+    arrays = write_dataset(tmp_path)
+    (x_train, y_train), (x_test, y_test) = data.load_dataset("mnist", str(tmp_path))
+    np.testing.assert_array_equal(x_train, arrays["train_images"])
+    np.testing.assert_array_equal(y_train, arrays["train_labels"])
+    np.testing.assert_array_equal(x_test, arrays["test_images"])
+    np.testing.assert_array_equal(y_test, arrays["test_labels"])
+    assert x_train.dtype == np.uint8
+
+
+def test_reads_uncompressed_idx_and_keras_npz(tmp_path):
+    images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    path = write_idx(tmp_path / "images-idx3-ubyte", images, IMAGES_MAGIC, compress=False)
+    np.testing.assert_array_equal(data.read_idx(path, IMAGES_MAGIC), images)
+
+    npz_dir = tmp_path / "npz"
+    npz_dir.mkdir()
+    labels = np.array([3, 4], dtype=np.uint8)
+    np.savez(npz_dir / "mnist.npz", x_train=images.astype(np.uint8), y_train=labels,
+             x_test=images.astype(np.uint8), y_test=labels)
+    (x_train, y_train), _ = data.load_dataset("mnist", str(npz_dir))
+    np.testing.assert_array_equal(y_train, labels)
+
+
+def test_limit_takes_the_first_images_and_a_sixth_for_testing(tmp_path):
+    arrays = write_dataset(tmp_path, train_count=30, test_count=10)
+    (x_train, _), (x_test, _) = data.load_dataset("mnist", str(tmp_path), limit=12)
+    assert len(x_train) == 12 and len(x_test) == 2
+    np.testing.assert_array_equal(x_test, arrays["test_images"][:2])
+
+
+def test_missing_file_is_named(tmp_path):
+    write_dataset(tmp_path)
+    (tmp_path / data.IDX_FILES["test_labels"]).unlink()
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: file not found"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_wrong_magic_number_is_named(tmp_path):
+    write_dataset(tmp_path)
+    write_idx(tmp_path / data.IDX_FILES["train_images"], np.zeros((12, 28, 28)), LABELS_MAGIC)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: not an IDX images file \(magic number 2049"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_truncated_gzip_is_named(tmp_path):
+    write_dataset(tmp_path)
+    path = tmp_path / data.IDX_FILES["train_images"]
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: (cannot read|file is truncated)"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_truncated_data_says_how_much_is_there(tmp_path):
+    path = tmp_path / "images.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 28, 28)), IMAGES_MAGIC)[:-100]))
+    with pytest.raises(DataError, match=r"images.gz: file is truncated \(3820 of 3920 data bytes present\)"):
+        data.read_idx(path, IMAGES_MAGIC)
+
+
+def test_mismatched_counts_are_named(tmp_path):
+    write_dataset(tmp_path)
+    write_idx(tmp_path / data.IDX_FILES["train_labels"], np.zeros(11), LABELS_MAGIC)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: 11 labels but .*train-images-idx3-ubyte.gz holds 12 images"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_wrong_image_size_and_bad_labels_are_refused(tmp_path):
+    path = write_idx(tmp_path / "small.gz", np.zeros((3, 20, 20)), IMAGES_MAGIC)
+    with pytest.raises(DataError, match="images are 20x20, expected 28x28"):
+        data.read_idx(path, IMAGES_MAGIC)
+    path = write_idx(tmp_path / "labels.gz", np.array([1, 12]), LABELS_MAGIC)
+    with pytest.raises(DataError, match="label 12 is out of range"):
+        data.read_idx(path, LABELS_MAGIC)
+
+
+def test_no_download_and_no_data_dir_says_how_to_supply_data(monkeypatch):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://example.invalid/mnist.npz: None -- no network")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(DataError, match="could not download mnist .*pass --data-dir DIR"):
+        data.load_dataset("mnist")
+
+
+def test_prepare_images_pads_with_zeros_and_scales():
+    images = np.full((2, 28, 28), 255, dtype=np.uint8)
+    prepared = data.prepare_images(images, 32)
+    assert prepared.shape == (2, 32, 32, 1) and prepared.dtype == np.float32
+    assert prepared[:, 2:30, 2:30].min() == 1.0
+    assert prepared[:, :2].max() == 0.0 and prepared[:, 30:].max() == 0.0
+    assert prepared[:, :, :2].max() == 0.0 and prepared[:, :, 30:].max() == 0.0
+
+
+# Hostile files: whatever the bytes, the reader returns a valid array or raises DataError,
+# quickly, and never allocates what a lying header declares.
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=3000), compress=st.booleans())
+def test_random_bytes_give_data_error_or_valid_array(tmp_path, payload, compress):
+    path = tmp_path / "random.gz"
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    for magic in (IMAGES_MAGIC, LABELS_MAGIC):
+        try:
+            array = data.read_idx(path, magic)
+        except DataError:
+            continue
+        assert array.dtype == np.uint8 and len(array) > 0
+
+
+@settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    count=st.integers(-2**31, 2**31 - 1),
+    rows=st.integers(-2**31, 2**31 - 1),
+    columns=st.integers(-2**31, 2**31 - 1),
+    cut=st.integers(0, 4000),
+)
+def test_lying_headers_give_data_error(tmp_path, count, rows, columns, cut):
+    real = np.zeros((3, 28, 28), dtype=np.uint8).tobytes()
+    path = tmp_path / "lying.gz"
+    path.write_bytes(gzip.compress((struct.pack(">4i", IMAGES_MAGIC, count, rows, columns) + real)[:cut]))
+    honest = (count, rows, columns) == (3, 28, 28) and cut >= 16 + len(real)
+    if honest:
+        assert data.read_idx(path, IMAGES_MAGIC).shape == (3, 28, 28)
+    else:
+        with pytest.raises(DataError):
+            data.read_idx(path, IMAGES_MAGIC)
+
+
+def test_huge_declared_count_does_not_allocate_it(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip.compress(struct.pack(">4i", IMAGES_MAGIC, 2**31 - 1, 28, 28) + bytes(28 * 28 * 10)))
+    tracemalloc.start()
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(path, IMAGES_MAGIC)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 * 2**20  # the file holds ~8 KB; the header claims 1.6 TB

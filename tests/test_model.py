@@ -1,0 +1,65 @@
+"""The model's shapes, its sampling and its loss, checked against numpy."""
+
+import numpy as np
+import pytest
+
+import keras
+import vae as vae_module
+
+
+@pytest.mark.parametrize("latent_dim", [2, 8])
+def test_encoder_and_decoder_shapes(latent_dim):
+    model = vae_module.build_vae(image_size=32, latent_dim=latent_dim, filters=8, hidden_units=16)
+    images = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+    z_mean, z_log_var = model.encoder.predict(images, verbose=0)
+    assert z_mean.shape == z_log_var.shape == (3, latent_dim)
+    decoded = model.decoder.predict(z_mean, verbose=0)
+    assert decoded.shape == (3, 32, 32, 1)
+    assert decoded.min() >= 0 and decoded.max() <= 1
+
+
+def test_shapes_follow_the_image_size():
+    model = vae_module.build_vae(image_size=40, latent_dim=3, filters=4, hidden_units=8)
+    assert model.decoder.output.shape == (None, 40, 40, 1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        vae_module.build_vae(image_size=30)
+
+
+def test_sampling_draws_from_the_given_gaussian():
+    sampling = vae_module.Sampling(seed=3)
+    z_mean = np.full((20000, 2), [1.0, -2.0], dtype=np.float32)
+    z_log_var = np.full((20000, 2), np.log([0.25, 4.0]), dtype=np.float32)
+    z = keras.ops.convert_to_numpy(sampling([z_mean, z_log_var]))
+    np.testing.assert_allclose(z.mean(axis=0), [1.0, -2.0], atol=0.05)
+    np.testing.assert_allclose(z.std(axis=0), [0.5, 2.0], rtol=0.03)
+    again = keras.ops.convert_to_numpy(sampling([z_mean, z_log_var]))
+    assert not np.allclose(z, again)  # fresh noise on every call
+
+
+def test_loss_is_summed_bce_plus_kl_per_image():
+    model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
+    rng = np.random.default_rng(1)
+    images = (rng.random((4, 32, 32, 1)) > 0.7).astype(np.float32)
+    outputs = {key: keras.ops.convert_to_numpy(value) for key, value in model(images).items()}
+    loss = float(model.compute_loss(x=images, y_pred=outputs, training=False))
+
+    logits = outputs["logits"].astype(np.float64)
+    bce = np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))
+    reconstruction = bce.reshape(4, -1).sum(axis=1).mean()
+    mean, log_var = outputs["z_mean"].astype(np.float64), outputs["z_log_var"].astype(np.float64)
+    kl = (-0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(axis=1)).mean()
+    np.testing.assert_allclose(loss, reconstruction + kl, rtol=1e-5)
+    np.testing.assert_allclose(outputs["reconstruction"], 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_reports_loss_and_its_parts():
+    model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
+    model.compile(optimizer="adam")
+    images = np.random.default_rng(2).random((64, 32, 32, 1), dtype=np.float32)
+    history = model.fit(images, validation_data=(images,), batch_size=32, epochs=1, verbose=0).history
+    for name in ("loss", "reconstruction_loss", "kl_loss"):
+        assert np.isfinite(history[name][0]) and np.isfinite(history["val_" + name][0])
+    # Validation always uses KL weight 1: val_loss is the negative ELBO.
+    np.testing.assert_allclose(
+        history["val_loss"][0], history["val_reconstruction_loss"][0] + history["val_kl_loss"][0], rtol=1e-4
+    )

@@ -1,0 +1,142 @@
+"""Model: a convolutional encoder and decoder, the Sampling layer and the VAE that trains them.
+
+The encoder and decoder are plain Functional models of built-in layers, so their saved
+files load anywhere with nothing but `import keras`. Sampling and the loss live in the
+VAE, which needs this module (or `main`) imported to load.
+"""
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "vae"  # the namespace of our classes in saved .keras files
+
+
+def build_encoder(image_size, latent_dim, filters, hidden_units):
+    """x -> (z_mean, z_log_var): two stride-2 convolutions, then a dense layer."""
+    inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
+    x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = layers.Conv2D(2 * filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(hidden_units, activation="relu")(x)
+    # float32 heads: the KL term and the sampling noise are sensitive to rounding.
+    z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
+    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(image_size, latent_dim, filters, hidden_units):
+    """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose."""
+    if image_size % 4:
+        raise ValueError(f"image_size must be divisible by 4 (two stride-2 layers), got {image_size}")
+    base_size = image_size // 4
+    latent_inputs = keras.Input(shape=(latent_dim,), name="z")
+    x = layers.Dense(hidden_units, activation="relu")(latent_inputs)
+    x = layers.Dense(base_size * base_size * 2 * filters, activation="relu")(x)
+    x = layers.Reshape((base_size, base_size, 2 * filters))(x)
+    x = layers.Conv2DTranspose(2 * filters, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(x)
+    # The loss reads these logits directly (stable cross-entropy); users get probabilities.
+    logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits", dtype="float32")(x)
+    image = layers.Activation("sigmoid", name="image", dtype="float32")(logits)
+    return keras.Model(latent_inputs, image, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Sampling(layers.Layer):
+    """The reparameterisation trick: z = z_mean + exp(z_log_var / 2) * epsilon."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        # A SeedGenerator keeps the noise repeatable and backend-neutral.
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def kl_divergence(z_mean, z_log_var):
+    """KL(q(z|x) || N(0, I)) per image, summed over the latent dimensions."""
+    return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
+
+
+def reconstruction_nats(images, logits):
+    """Bernoulli negative log-likelihood per image, summed over pixels, from logits."""
+    cross_entropy = ops.binary_crossentropy(images, logits, from_logits=True)
+    return ops.sum(ops.reshape(cross_entropy, (ops.shape(images)[0], -1)), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VAE(keras.Model):
+    """Encoder + Sampling + decoder, trained on the negative ELBO in nats per image.
+
+    `compute_loss` is the one override: Keras' own `train_step` and `test_step` call
+    it, so training and validation share it on every backend.
+    """
+
+    def __init__(self, encoder, decoder, beta=1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.beta = beta
+        self.seed = seed
+        self.sampling = Sampling(seed=seed, name="sampling")
+        # The decoder up to its logits, sharing its layers (and so its weights).
+        self.decoder_logits = keras.Model(
+            decoder.inputs, decoder.get_layer("logits").output, name="decoder_logits"
+        )
+        # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
+        self.kl_weight = keras.Variable(beta, trainable=False, name="kl_weight")
+        self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+
+    def call(self, images, training=False):
+        z_mean, z_log_var = self.encoder(images, training=training)
+        z = self.sampling([z_mean, z_log_var])
+        logits = self.decoder_logits(z, training=training)
+        return {
+            "reconstruction": ops.sigmoid(logits),
+            "logits": logits,
+            "z_mean": z_mean,
+            "z_log_var": z_log_var,
+        }
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        images = ops.cast(x, "float32")
+        reconstruction_loss = ops.mean(reconstruction_nats(images, ops.cast(y_pred["logits"], "float32")))
+        kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
+        # Weighted by batch size so each epoch's figure is the exact mean per image.
+        batch_size = ops.shape(images)[0]
+        self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
+        self.kl_loss_tracker.update_state(kl_loss, sample_weight=batch_size)
+        kl_weight = self.kl_weight if training else 1.0
+        return reconstruction_loss + kl_weight * kl_loss
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "beta": self.beta,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        return cls(**config)
+
+
+def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=256, beta=1.0, seed=None):
+    """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
+    encoder = build_encoder(image_size, latent_dim, filters, hidden_units)
+    decoder = build_decoder(image_size, latent_dim, filters, hidden_units)
+    vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
+    vae(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
+    return vae
