@@ -31,7 +31,7 @@ def quick_config(output_dir, data_dir, **overrides):
     import main
 
     settings = dict(data_dir=data_dir, output_dir=str(output_dir), limit=512, epochs=1, batch_size=64,
-                    filters=8, hidden_units=32)
+                    filters=8, hidden_units=32, iw_samples=4)
     settings.update(overrides)
     return main.Config(**settings)
 

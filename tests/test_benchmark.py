@@ -1,0 +1,121 @@
+"""The benchmark's speed-independent parts: FLOP counting, the baseline's shapes, the report."""
+
+import math
+
+import numpy as np
+import pytest
+
+import keras
+from benchmarks import benchmark
+from keras import layers
+
+
+def test_flops_of_conv_transposed_conv_and_dense_match_a_hand_count():
+    inputs = keras.Input(shape=(8, 6, 3))
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(inputs)  # -> (4, 3, 4)
+    x = layers.Conv2DTranspose(2, (3, 2), strides=2, padding="same")(x)  # (4, 3, 4) -> (8, 6, 2)
+    x = layers.Activation("relu")(x)  # no multiply-adds
+    x = layers.Flatten()(x)  # 96 values
+    outputs = layers.Dense(5)(x)
+    model = keras.Model(inputs, outputs)
+
+    conv = 3 * 3 * 3 * 4 * (4 * 3)  # kernel h x w x in channels x filters, per OUTPUT position
+    transposed = 3 * 2 * 4 * 2 * (4 * 3)  # kernel h x w x in channels x filters, per INPUT position
+    dense = 96 * 5
+    assert (conv, transposed, dense) == (1296, 576, 480)
+    total, per_layer = benchmark.forward_flops(model)
+    assert total == 2 * (1296 + 576 + 480) == 4704
+    assert sorted(per_layer.values()) == [2 * 480, 2 * 576, 2 * 1296]
+
+
+def test_dense_on_a_sequence_counts_every_position():
+    inputs = keras.Input(shape=(7, 3))
+    model = keras.Model(inputs, layers.Dense(4)(inputs))
+    assert benchmark.forward_flops(model)[0] == 2 * 7 * 3 * 4
+
+
+def test_baseline_shapes_and_flops():
+    model = benchmark.build_baseline(seed=0)
+    assert [tuple(output.shape) for output in model.encoder.outputs] == [(None, 2), (None, 2)]
+    assert tuple(model.decoder.output.shape) == (None, 32, 32, 1)
+    assert model.decoder.get_layer("logits").filters == 1
+    outputs = model(np.zeros((3, 32, 32, 1), "float32"))
+    assert tuple(outputs["logits"].shape) == (3, 32, 32, 1)
+
+    encoder = 16 * 16 * 9 * 1 * 32 + 8 * 8 * 9 * 32 * 64 + 4096 * 16 + 2 * 16 * 2
+    decoder = 2 * 4096 + 8 * 8 * 9 * 64 * 64 + 16 * 16 * 9 * 64 * 32 + 32 * 32 * 9 * 32 * 1
+    forward, training, per_layer = benchmark.vae_flops(model)
+    # The VAE's decoder_logits shares the decoder's layers: they must count once.
+    assert forward == 2 * (encoder + decoder) == 17_399_936
+    assert training == 3 * forward
+    assert len(per_layer) == 9  # 2 Conv2D + 3 Dense in the encoder, 1 Dense + 3 Conv2DTranspose in the decoder
+
+
+CURVE = [(10.0, 200.0), (20.0, 150.0), (30.0, 120.0), (40.0, 125.0)]
+
+
+@pytest.mark.parametrize("target, expected", [
+    (135.0, 25.0),   # halfway between 150 at 20 s and 120 at 30 s
+    (150.0, 20.0),   # reached exactly at an epoch
+    (200.0, 10.0),   # the first epoch is already there
+    (500.0, 10.0),   # no earlier point to interpolate from: the first epoch's time
+    (122.0, 20.0 + 28.0 / 30.0 * 10.0),
+    (119.9, None),   # never reached
+])
+def test_seconds_to_reach(target, expected):
+    result = benchmark.seconds_to_reach(CURVE, target)
+    assert result == expected if expected is None else math.isclose(result, expected)
+
+
+@pytest.mark.parametrize("budget, expected", [(5.0, None), (10.0, 200.0), (29.9, 150.0), (35.0, 120.0), (99.0, 125.0)])
+def test_value_within_budget_is_the_last_finished_epoch(budget, expected):
+    assert benchmark.value_within(CURVE, budget) == expected
+
+
+def test_steady_epoch_seconds_leaves_out_the_first_epoch():
+    assert benchmark.steady_epoch_seconds([30.0, 40.0, 52.0, 61.0]) == 10.0  # durations 30, 10, 12, 9
+    assert benchmark.steady_epoch_seconds([30.0]) == 30.0
+
+
+def _fake_result(seconds, values, train_images=6000):
+    return {
+        "parameters": 1234, "batch_size": 128, "train_images": train_images, "test_images": 1000,
+        "train_flops_per_image": 60e6, "peak_memory_mib": 900.0,
+        "epochs": [{"seconds": s, "val_loss": v} for s, v in zip(seconds, values)],
+    }
+
+
+def test_summary_and_table_from_made_up_runs():
+    results = {
+        "default": _fake_result([20.0, 30.0, 40.0], [180.0, 150.0, 140.0]),
+        "baseline": _fake_result([5.0, 10.0, 15.0, 20.0], [200.0, 170.0, 160.0, 155.0]),
+    }
+    matmul = {"float32": {"gflops": 100.0}, "bfloat16": {"gflops": 50.0}}
+    summary = benchmark.summarize(results, matmul)
+    assert summary["budget_seconds"] == 20.0
+    assert summary["baseline_final_val_loss"] == 155.0
+    default, baseline = summary["models"]["default"], summary["models"]["baseline"]
+    assert default["val_loss_within_budget"] == 180.0
+    assert baseline["val_loss_within_budget"] == 155.0
+    assert math.isclose(default["seconds_to_baseline_final"], 20.0 + 25.0 / 30.0 * 10.0)
+    assert baseline["seconds_to_baseline_final"] == 20.0
+    assert default["seconds_per_epoch"] == 10.0 and baseline["seconds_per_epoch"] == 5.0
+    assert default["train_images_per_second"] == 600.0
+    assert math.isclose(default["achieved_gflops"], 60e6 * 600 / 1e9)
+    assert math.isclose(default["percent_of_fp32_matmul_peak"], 36.0)
+
+    results["baseline"]["epochs"][-1]["val_loss"] = 100.0  # now the default never gets there
+    table = benchmark.markdown_table(results, benchmark.summarize(results, matmul))
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert lines[2].startswith("| default |") and "not reached" in lines[2]
+    assert "not reached" not in lines[3]
+
+
+def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
+    args = benchmark.parse_args(["--quick", "--epochs-baseline", "5"])
+    assert (args.limit, args.epochs_default, args.epochs_baseline) == (6000, 3, 5)
+    full = benchmark.parse_args([])
+    assert (full.limit, full.epochs_default, full.epochs_baseline) == (None, None, None)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--epochs-default", "0"])
