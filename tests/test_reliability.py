@@ -1,0 +1,166 @@
+"""Interrupted, broken and hostile runs: nothing is lost, nothing wrong is loaded silently."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import main
+from conftest import REPO, quick_config
+
+
+def command(output_dir, data_dir, *extra):
+    """A run long enough to be interrupted mid-epoch (a few seconds per epoch)."""
+    return [sys.executable, "main.py", "--data-dir", data_dir, "--output-dir", str(output_dir),
+            "--limit", "12000", "--epochs", "3", "--filters", "8", "--hidden-units", "32",
+            "--iw-samples", "2", "--no-plots", *extra]
+
+
+def start_and_wait_for_first_epoch(arguments):
+    process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metadata = os.path.join(arguments[arguments.index("--output-dir") + 1], "backup", "training_metadata.json")
+    deadline = time.monotonic() + 240
+    while not os.path.exists(metadata):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the first epoch never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    return process
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class CompleteFileWatcher(threading.Thread):
+    """Opens the given .keras files again and again; records any that is not a whole zip."""
+
+    def __init__(self, paths):
+        super().__init__(daemon=True)
+        self.paths, self.broken, self.seen, self.running = paths, [], 0, True
+
+    def run(self):
+        while self.running:
+            for path in self.paths:
+                try:
+                    with zipfile.ZipFile(path) as archive:
+                        if archive.testzip() is not None:
+                            self.broken.append(path)
+                    self.seen += 1
+                except FileNotFoundError:
+                    pass
+                except (zipfile.BadZipFile, OSError, EOFError):
+                    self.broken.append(path)
+
+
+def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist_dir):
+    checkpoint = tmp_path / "checkpoint.keras"
+    watcher = CompleteFileWatcher([checkpoint])
+    watcher.start()
+    process = start_and_wait_for_first_epoch(command(tmp_path, mnist_dir))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    watcher.running = False
+    watcher.join()
+    assert watcher.broken == [] and watcher.seen > 0
+    keras.saving.load_model(checkpoint)  # the last complete checkpoint, not a torn one
+
+    # The same settings again: the lock the killed run held is free, and training resumes.
+    config = quick_config(tmp_path, mnist_dir, limit=12000, epochs=3, plots=False, iw_samples=2)
+    vae, history = main.train(config)
+    assert history.epoch[0] >= 1  # continued, not restarted
+    steps_per_epoch = -(-12000 // config.batch_size)
+    assert int(vae.optimizer.iterations.numpy()) == 3 * steps_per_epoch  # Adam's step count came back too
+
+
+def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
+    process = start_and_wait_for_first_epoch(command(tmp_path, mnist_dir))
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Interrupted. Run the same command again to resume" in stderr.strip().splitlines()[-1]
+    assert (tmp_path / "backup" / "latest.weights.h5").exists()
+
+
+def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "model.keras")
+    main.save_model(model, path)
+    before = digest(tmp_path / "model.keras")
+
+    def crash_half_way(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as file:
+            file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        main.save_model(model, path)
+    assert digest(tmp_path / "model.keras") == before
+
+
+def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir):
+    main.train(quick_config(tmp_path, mnist_dir, plots=False))
+    kept = {name: digest(tmp_path / name) for name in
+            ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras")}
+    arguments = ["--data-dir", mnist_dir, "--output-dir", str(tmp_path), "--limit", "512", "--epochs", "1",
+                 "--filters", "8", "--hidden-units", "32", "--learning-rate", "1e4"]
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(arguments)
+    assert "training diverged" in str(exit_info.value.code) and "--learning-rate" in str(exit_info.value.code)
+    assert {name: digest(tmp_path / name) for name in kept} == kept
+
+
+def test_unwritable_output_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for output_dir in (blocker, blocker / "inside"):
+        with pytest.raises(main.RunError, match="is a file|cannot write"):
+            main.train(main.Config(output_dir=str(output_dir), data_dir="/nonexistent"))  # data is never read
+
+
+def test_read_only_output_is_refused_before_training(tmp_path):
+    if os.geteuid() == 0:  # root writes into read-only folders: use a read-only file system
+        output_dir = "/proc/vae-output"
+    else:
+        tmp_path.chmod(0o500)
+        output_dir = str(tmp_path / "out")
+    try:
+        with pytest.raises(main.RunError, match="cannot write"):
+            main.train(main.Config(output_dir=output_dir, data_dir="/nonexistent"))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_second_run_in_the_same_folder_is_refused(tmp_path, mnist_dir):
+    with main.output_lock(str(tmp_path)):
+        with pytest.raises(main.RunError, match="another run is using"):
+            main.train(quick_config(tmp_path, mnist_dir))
+    # Released when the first run ends: the folder is usable again.
+    with main.output_lock(str(tmp_path)):
+        pass
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_model_file_is_named(trained_run, tmp_path, damage):
+    output_dir, _, _ = trained_run
+    models = tmp_path / "models"
+    models.mkdir()
+    original = (output_dir / "models" / "vae.keras").read_bytes()
+    broken = os.urandom(2000) if damage == "garbage" else original[: len(original) // 2]
+    (models / "vae.keras").write_bytes(broken)
+    config = main.Config(output_dir=str(tmp_path), evaluate_only=True, data_dir="/nonexistent")
+    with pytest.raises(main.RunError, match=r"models/vae.keras: not a readable Keras model file"):
+        main.evaluate_saved_model(config)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--evaluate-only", "--output-dir", str(tmp_path)])
+    assert "vae.keras: not a readable Keras model file" in str(exit_info.value.code)
+    assert "\n" not in str(exit_info.value.code)
