@@ -184,11 +184,26 @@ def prepare_images(images, image_size):
     return (padded.astype(np.float32) / 255.0)[..., np.newaxis]
 
 
-def make_dataset(images, batch_size, shuffle=False, seed=None):
-    """A tf.data pipeline of image batches: reshuffled every epoch when training."""
+def one_hot(labels):
+    """Labels 0-9 as float32 one-hot rows, the conditional VAE's second input."""
+    return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+
+
+def model_inputs(images, labels, conditional):
+    """What the encoder takes: the images, or [images, one-hot labels] when conditional."""
+    return [images, one_hot(labels)] if conditional else images
+
+
+def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
+    """A tf.data pipeline of image batches, reshuffled every epoch when training.
+
+    With `labels` (a conditional VAE) each element is `((images, one_hot_labels),)`: the
+    extra nesting makes Keras read the pair as the model's input, not as (x, y).
+    """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(images)
+    elements = images if labels is None else ((images, one_hot(labels)),)
+    dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -61,6 +61,27 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
+    return value
+
+
+def class_index(text):
+    value = int(text)
+    if not 0 <= value < data.NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be a class index from 0 to {data.NUM_CLASSES - 1}, got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not math.isfinite(value) or value <= 0:
@@ -84,20 +105,25 @@ class Config:
     latent_dim: int = setting(2, "dimensions of z; 2 lets the latent space be plotted directly", positive_int)
     filters: int = setting(32, "channels of the first conv layer (the second has twice as many)", positive_int)
     hidden_units: int = setting(512, "width of the dense layers next to z: the widest lever on quality per second", positive_int)
+    conditional: bool = setting(False, "conditional VAE: encoder and decoder also read the one-hot class label")
+    beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
+    kl_warmup_epochs: int = setting(0, "raise the KL weight linearly from 0 to --beta over this many epochs", non_negative_int)
     # Training: measured on a held-out part of the training set (see README, Performance)
     epochs: int = setting(10, "passes over the training set; 10 keep a default run under 10 minutes on a 2-core CPU", positive_int)
     batch_size: int = setting(64, "images per gradient step; 64 beat 128 per second of training", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
+    seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)
     # Evaluation
     iw_samples: int = setting(32, "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU", positive_int)
     evaluate_only: bool = setting(False, "evaluate and plot the saved models/vae.keras instead of training")
-    seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)
     # Outputs
     output_dir: str = setting(".", "where checkpoint.keras, logs/, models/, plots/ and backup/ go")
     run_name: str = setting(None, "TensorBoard folder name under logs/; default: dataset, latent size and start time")
     fresh: bool = setting(False, "discard an unfinished run's backup and start over")
     plots: bool = setting(True, "draw the PNG plots after training")
+    plot_class: int = setting(None, "conditional, 2-D latent: draw the manifold of this class only (default: every class)", class_index)
+    image_every: int = setting(1, "log reconstructions, samples and the latent scatter to TensorBoard every N epochs (0: never)", non_negative_int)
 
 
 def parse_args(argv=None):
@@ -146,7 +172,9 @@ def make_model(config, train_size):
         latent_dim=config.latent_dim,
         filters=config.filters,
         hidden_units=config.hidden_units,
+        beta=config.beta,
         seed=config.seed,
+        num_classes=data.NUM_CLASSES if config.conditional else 0,
     )
     learning_rate = config.learning_rate
     if config.cosine_decay:
@@ -162,8 +190,8 @@ def make_model(config, train_size):
 
 # Settings that change what the weights mean: a backup made with other values must not
 # be loaded into this model.
-RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "epochs",
-                   "batch_size", "cosine_decay")
+RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "conditional",
+                   "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
 
 
 class RunError(ValueError):
@@ -230,24 +258,86 @@ def prepare_run(config):
                 "Add --fresh to discard it and start over, or use another --output-dir."
             )
         return previous["run_name"], True
-    run_name = config.run_name or "{}-latent{}-{}".format(
-        config.dataset, config.latent_dim, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name = config.run_name or "{}{}-latent{}-{}".format(
+        config.dataset, "-conditional" if config.conditional else "", config.latent_dim,
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
     )
     os.makedirs(backup_dir, exist_ok=True)
     write_atomically(run_file, json.dumps({"run_name": run_name, "settings": settings}, indent=2))
     return run_name, False
 
 
-def make_callbacks(config, run_name):
-    return [
+class KLSchedule(keras.callbacks.Callback):
+    """Sets the KL weight for each epoch, beta * min(1, epoch / warmup_epochs), and logs it.
+
+    Epoch 0 of a 2-epoch warm-up trains with weight 0, epoch 1 with beta / 2, then beta.
+    """
+
+    def __init__(self, beta, warmup_epochs):
+        super().__init__()
+        self.beta, self.warmup_epochs = beta, warmup_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        fraction = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
+        self.model.kl_weight.assign(self.beta * fraction)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:  # shown in the progress bar, the history and TensorBoard
+            logs["kl_weight"] = float(keras.ops.convert_to_numpy(self.model.kl_weight))
+
+
+class TensorBoardImages(keras.callbacks.Callback):
+    """Every `every` epochs, pictures in TensorBoard's Images tab: reconstructions of fixed
+    test images, samples from the prior (fixed z) and the latent-space scatter."""
+
+    def __init__(self, log_dir, images, labels, class_names, every, seed):
+        super().__init__()
+        self.log_dir, self.images, self.labels = log_dir, images, labels
+        self.class_names, self.every, self.seed = class_names, every, seed
+        self.writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        import tensorflow as tf  # TensorBoard's writer; the rest of the program is backend-neutral
+
+        encoder, decoder = self.model.encoder, self.model.decoder
+        z_mean = plotting.encode(encoder, self.images, self.labels)
+        shown = slice(0, 16)
+        reconstructions = plotting.decode(decoder, z_mean[shown], self.labels[shown])
+        side_by_side = np.concatenate([self.images[shown], reconstructions], axis=2)
+        samples = plotting.prior_samples(decoder, 16, seed=self.seed)
+        scatter = plotting.figure_png(plotting.latent_space_figure(z_mean, self.labels, self.class_names))
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
+        with self.writer.as_default(step=epoch):
+            tf.summary.image("reconstructions (original | reconstruction)", side_by_side, max_outputs=16)
+            tf.summary.image("samples from the prior", samples, max_outputs=16)
+            tf.summary.image("latent space", tf.image.decode_png(scatter)[None])
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def make_callbacks(config, run_name, test_images, test_labels):
+    log_dir = os.path.join(config.output_dir, "logs", run_name)
+    callbacks = [
+        KLSchedule(config.beta, config.kl_warmup_epochs),  # first: the others see kl_weight
         keras.callbacks.TerminateOnNaN(),
         AtomicModelCheckpoint(
             os.path.join(config.output_dir, "checkpoint.keras"), monitor="val_loss", save_best_only=True
         ),
-        keras.callbacks.TensorBoard(log_dir=os.path.join(config.output_dir, "logs", run_name), write_graph=False),
+        keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
         # Double checkpoint: if a kill lands mid-write, the previous epoch's backup is used.
         FiniteBackupAndRestore(os.path.join(config.output_dir, "backup"), double_checkpoint=True),
     ]
+    if config.image_every:
+        shown = slice(0, 2000)  # enough points for the scatter, quick to encode every epoch
+        callbacks.append(TensorBoardImages(os.path.join(log_dir, "images"), test_images[shown], test_labels[shown],
+                                           data.CLASS_NAMES[config.dataset], config.image_every, config.seed))
+    return callbacks
 
 
 def train(config):
@@ -255,9 +345,11 @@ def train(config):
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         keras.utils.set_random_seed(config.seed)
-        (train_images, _), (test_images, test_labels) = load_images(config)
-        train_dataset = data.make_dataset(train_images, config.batch_size, shuffle=True, seed=config.seed)
-        test_dataset = data.make_dataset(test_images, config.batch_size)
+        (train_images, train_labels), (test_images, test_labels) = load_images(config)
+        conditions = (train_labels, test_labels) if config.conditional else (None, None)
+        train_dataset = data.make_dataset(train_images, config.batch_size, shuffle=True, seed=config.seed,
+                                          labels=conditions[0])
+        test_dataset = data.make_dataset(test_images, config.batch_size, labels=conditions[1])
 
         vae = make_model(config, len(train_images))
         run_name, resumed = prepare_run(config)
@@ -269,7 +361,7 @@ def train(config):
             train_dataset,
             validation_data=test_dataset,
             epochs=config.epochs,
-            callbacks=make_callbacks(config, run_name),
+            callbacks=make_callbacks(config, run_name, test_images, test_labels),
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         )
         training_seconds = time.perf_counter() - started
@@ -280,7 +372,7 @@ def train(config):
             )
         models_dir = os.path.join(config.output_dir, "models")
         save_models(vae, models_dir)
-        report(vae, config, test_images, run_name, {"training_seconds": round(training_seconds, 1),
+        report(vae, config, test_images, test_labels, run_name, {"training_seconds": round(training_seconds, 1),
                                                     "epochs_trained": len(history.epoch)})
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
@@ -294,7 +386,8 @@ def evaluate_saved_model(config):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))
         _, (test_images, test_labels) = load_images(config)
         previous = read_metrics(config.output_dir)
-        report(vae, config, test_images, previous.get("run_name", "evaluation"), previous.get("training", {}))
+        report(vae, config, test_images, test_labels, previous.get("run_name", "evaluation"),
+               previous.get("training", {}))
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae
@@ -305,10 +398,10 @@ def evaluate_saved_model(config):
 # ---------------------------------------------------------------------------------------
 
 
-def report(vae, config, test_images, run_name, training):
+def report(vae, config, test_images, test_labels, run_name, training):
     """Evaluate on the test set; print, write models/metrics.json and log to TensorBoard."""
     print(f"Evaluating on {len(test_images)} test images with K = {config.iw_samples} samples each")
-    metrics = evaluation.evaluate(vae, test_images, samples=config.iw_samples, seed=config.seed)
+    metrics = evaluation.evaluate(vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed)
     print(f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
           f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
           f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']})")
@@ -416,7 +509,7 @@ def load_model_file(path):
 def draw_plots(vae, config, test_images, test_labels):
     plots_dir = os.path.join(config.output_dir, "plots")
     plotting.plot_all(vae.encoder, vae.decoder, test_images, test_labels,
-                      data.CLASS_NAMES[config.dataset], plots_dir, seed=config.seed)
+                      data.CLASS_NAMES[config.dataset], plots_dir, seed=config.seed, plot_class=config.plot_class)
     print(f"Plots in {plots_dir}")
 
 

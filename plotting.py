@@ -1,9 +1,11 @@
 """Plots: the latent space and what the decoder makes of it, written as PNG files.
 
 Every figure is drawn on matplotlib's file-only Agg backend and closed after saving,
-so plotting never opens a window and works on a server with no screen.
+so plotting never opens a window and works on a server with no screen. The functions
+take the encoder and decoder (plain or conditional) as saved in models/.
 """
 
+import io
 import os
 
 import matplotlib
@@ -13,7 +15,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from data import one_hot  # noqa: E402
+
 PREDICT_BATCH_SIZE = 500  # large batches: prediction holds no gradients
+
+
+def is_conditional(decoder):
+    return len(decoder.inputs) == 2
+
+
+def encode(encoder, images, labels):
+    """z_mean of each image (a conditional encoder also reads the labels)."""
+    inputs = [images, one_hot(labels)] if len(encoder.inputs) == 2 else images
+    return encoder.predict(inputs, batch_size=PREDICT_BATCH_SIZE, verbose=0)[0]
+
+
+def decode(decoder, z, labels=None):
+    """Images decoded from z in one batched call; `labels` (ints or one-hot rows) if conditional."""
+    if is_conditional(decoder):
+        labels = np.asarray(labels)
+        conditions = labels if labels.ndim == 2 else one_hot(labels)
+        return decoder.predict([z, conditions.astype(np.float32)], batch_size=len(z), verbose=0)
+    return decoder.predict(z, batch_size=len(z), verbose=0)
 
 
 def principal_components(points, count=2):
@@ -35,7 +58,15 @@ def _save(figure, path):
     plt.close(figure)
 
 
-def plot_latent_space(z_mean, labels, class_names, path):
+def figure_png(figure):
+    """The figure as PNG bytes (for TensorBoard), closed afterwards."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def latent_space_figure(z_mean, labels, class_names, title_suffix=""):
     """Test-set z_mean coloured by class (first two principal components above 2-D)."""
     latent_dim = z_mean.shape[1]
     points = z_mean if latent_dim == 2 else principal_components(z_mean)
@@ -44,24 +75,25 @@ def plot_latent_space(z_mean, labels, class_names, path):
     colour_bar = figure.colorbar(scatter, ticks=range(len(class_names)))
     colour_bar.ax.set_yticklabels(class_names)
     if latent_dim == 2:
-        axes.set(title="Test images in the latent space (z_mean)", xlabel="z[0]", ylabel="z[1]")
+        axes.set(title="Test images in the latent space (z_mean)" + title_suffix, xlabel="z[0]", ylabel="z[1]")
     else:
         axes.set(
-            title=f"Test images: first two principal components of {latent_dim}-D z_mean",
+            title=f"Test images: first two principal components of {latent_dim}-D z_mean" + title_suffix,
             xlabel="principal component 1",
             ylabel="principal component 2",
         )
-    _save(figure, path)
+    return figure
 
 
-def plot_manifold(decoder, latent_dim, path, grid_size=20):
+def plot_manifold(decoder, path, label=None, class_name=None, grid_size=20):
     """Decode a grid of z at evenly spaced Gaussian quantiles in [0.05, 0.95]."""
+    latent_dim = decoder.inputs[0].shape[-1]
     values = norm.ppf(np.linspace(0.05, 0.95, grid_size))
     z = np.zeros((grid_size * grid_size, latent_dim), dtype=np.float32)
     # Rows run from high z[1] at the top to low at the bottom, like a plot's y axis.
     z[:, 0] = np.tile(values, grid_size)
     z[:, 1] = np.repeat(values[::-1], grid_size)
-    images = decoder.predict(z, batch_size=len(z), verbose=0)  # one batched call
+    images = decode(decoder, z, np.full(len(z), label))
     size = images.shape[1]
     figure, axes = plt.subplots(figsize=(10, 10))
     axes.imshow(_tile(images, grid_size, grid_size), cmap="Greys_r", vmin=0, vmax=1)
@@ -69,10 +101,12 @@ def plot_manifold(decoder, latent_dim, path, grid_size=20):
     axes.set_xticks(ticks[::2], [f"{v:.2f}" for v in values[::2]], rotation=90)
     axes.set_yticks(ticks[::2], [f"{v:.2f}" for v in values[::-1][::2]])
     axes.set(xlabel="z[0]", ylabel="z[1]")
-    if latent_dim == 2:
-        axes.set_title("Decoded latent manifold")
-    else:
-        axes.set_title(f"Decoded manifold: z[0] and z[1] varied, other {latent_dim - 2} dimensions 0")
+    title = "Decoded latent manifold"
+    if latent_dim > 2:
+        title = f"Decoded manifold: z[0] and z[1] varied, other {latent_dim - 2} dimensions 0"
+    if class_name is not None:
+        title += f", class {class_name}"
+    axes.set_title(title)
     _save(figure, path)
 
 
@@ -89,25 +123,79 @@ def plot_reconstructions(images, reconstructions, path):
     _save(figure, path)
 
 
-def plot_samples(decoder, latent_dim, path, grid_size=10, seed=0):
-    """Decodes of z drawn from the prior N(0, I)."""
-    z = np.random.default_rng(seed).standard_normal((grid_size * grid_size, latent_dim)).astype(np.float32)
-    images = decoder.predict(z, batch_size=len(z), verbose=0)
+def prior_samples(decoder, count, seed=0, labels=None):
+    """Decodes of z drawn from the prior N(0, I) (with random labels if conditional)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((count, decoder.inputs[0].shape[-1])).astype(np.float32)
+    if labels is None and is_conditional(decoder):
+        labels = rng.integers(0, decoder.inputs[1].shape[-1], count)
+    return decode(decoder, z, labels)
+
+
+def plot_samples(decoder, path, grid_size=10, seed=0):
+    images = prior_samples(decoder, grid_size * grid_size, seed)
     figure, axes = plt.subplots(figsize=(8, 8))
     axes.imshow(_tile(images, grid_size, grid_size), cmap="Greys_r", vmin=0, vmax=1)
     axes.axis("off")
-    axes.set_title("Samples: z drawn from N(0, I), decoded")
+    title = "Samples: z drawn from N(0, I)"
+    axes.set_title(title + (", random classes" if is_conditional(decoder) else "") + ", decoded")
     _save(figure, path)
 
 
-def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0):
-    """Write latent_space.png, manifold.png, reconstructions.png and samples.png."""
+def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
+    """Conditional VAE: one row per class, the same `per_class` z values in every row."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((per_class, decoder.inputs[0].shape[-1])).astype(np.float32)
+    classes = len(class_names)
+    images = decode(decoder, np.tile(z, (classes, 1)), np.repeat(np.arange(classes), per_class))
+    figure, axes = plt.subplots(figsize=(per_class, classes + 1))
+    axes.imshow(_tile(images, classes, per_class), cmap="Greys_r", vmin=0, vmax=1)
+    size = images.shape[1]
+    axes.set_yticks(np.arange(classes) * size + size / 2, class_names)
+    axes.set_xticks([])
+    axes.set_title("Each row: one class; each column: one z from N(0, I)")
+    _save(figure, path)
+
+
+def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
+    """Decodes along the straight line between the z_mean of two test images of different classes."""
+    rng = np.random.default_rng(seed)
+    rows, row_labels = [], []
+    while len(rows) < pairs:
+        first, second = rng.choice(len(z_mean), 2, replace=False)
+        if labels[first] == labels[second]:
+            continue
+        weights = np.linspace(0, 1, steps)[:, None]
+        z = (1 - weights) * z_mean[first] + weights * z_mean[second]
+        # A conditional decoder's label moves along the line too, from one class to the other.
+        conditions = (1 - weights) * one_hot(labels[first]) + weights * one_hot(labels[second])
+        rows.append(decode(decoder, z.astype(np.float32), conditions))
+        row_labels.append(f"{class_names[labels[first]]} -> {class_names[labels[second]]}")
+    images = np.concatenate(rows)
+    figure, axes = plt.subplots(figsize=(steps, pairs + 1))
+    axes.imshow(_tile(images, pairs, steps), cmap="Greys_r", vmin=0, vmax=1)
+    size = images.shape[1]
+    axes.set_yticks(np.arange(pairs) * size + size / 2, row_labels)
+    axes.set_xticks([])
+    axes.set_title("Straight lines in the latent space between two test images (z_mean)")
+    _save(figure, path)
+
+
+def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None):
+    """Write every plot of a trained model into `plots_dir`."""
     os.makedirs(plots_dir, exist_ok=True)
-    latent_dim = decoder.inputs[0].shape[-1]
-    z_mean, _ = encoder.predict(test_images, batch_size=PREDICT_BATCH_SIZE, verbose=0)
-    plot_latent_space(z_mean, test_labels, class_names, os.path.join(plots_dir, "latent_space.png"))
-    plot_manifold(decoder, latent_dim, os.path.join(plots_dir, "manifold.png"))
+    z_mean = encode(encoder, test_images, test_labels)
+    suffix = ", conditional VAE" if is_conditional(decoder) else ""
+    _save(latent_space_figure(z_mean, test_labels, class_names, suffix), os.path.join(plots_dir, "latent_space.png"))
     shown = slice(0, 10)
-    reconstructions = decoder.predict(z_mean[shown], verbose=0)
+    reconstructions = decode(decoder, z_mean[shown], test_labels[shown])
     plot_reconstructions(test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png"))
-    plot_samples(decoder, latent_dim, os.path.join(plots_dir, "samples.png"), seed=seed)
+    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
+    plot_interpolation(decoder, z_mean, test_labels, class_names, os.path.join(plots_dir, "interpolation.png"), seed=seed)
+    if not is_conditional(decoder):
+        plot_manifold(decoder, os.path.join(plots_dir, "manifold.png"))
+        return
+    plot_class_samples(decoder, class_names, os.path.join(plots_dir, "class_samples.png"), seed=seed)
+    if decoder.inputs[0].shape[-1] == 2:  # one manifold per class shows how style varies
+        for label in range(len(class_names)) if plot_class is None else [plot_class]:
+            plot_manifold(decoder, os.path.join(plots_dir, f"manifold_class{label}.png"), label, class_names[label])

@@ -11,26 +11,40 @@ from keras import layers, ops
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 
 
-def build_encoder(image_size, latent_dim, filters, hidden_units):
-    """x -> (z_mean, z_log_var): two stride-2 convolutions, then a dense layer."""
-    inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
-    x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(inputs)
+def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
+    """x -> (z_mean, z_log_var): two stride-2 convolutions, then a dense layer.
+
+    With `num_classes` (a conditional VAE) the one-hot label joins the dense layer, and
+    the model takes `[image, one_hot_label]`.
+    """
+    inputs = [keras.Input(shape=(image_size, image_size, 1), name="image")]
+    x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(inputs[0])
     x = layers.Conv2D(2 * filters, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Flatten()(x)
+    if num_classes:
+        inputs.append(keras.Input(shape=(num_classes,), name="label"))
+        x = layers.Concatenate()([x, inputs[1]])
     x = layers.Dense(hidden_units, activation="relu")(x)
     # float32 heads: the KL term and the sampling noise are sensitive to rounding.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
-    return keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+    return keras.Model(inputs if num_classes else inputs[0], [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(image_size, latent_dim, filters, hidden_units):
-    """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose."""
+def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
+    """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose.
+
+    With `num_classes` the model takes `[z, one_hot_label]`.
+    """
     if image_size % 4:
         raise ValueError(f"image_size must be divisible by 4 (two stride-2 layers), got {image_size}")
     base_size = image_size // 4
-    latent_inputs = keras.Input(shape=(latent_dim,), name="z")
-    x = layers.Dense(hidden_units, activation="relu")(latent_inputs)
+    inputs = [keras.Input(shape=(latent_dim,), name="z")]
+    x = inputs[0]
+    if num_classes:
+        inputs.append(keras.Input(shape=(num_classes,), name="label"))
+        x = layers.Concatenate()(inputs)
+    x = layers.Dense(hidden_units, activation="relu")(x)
     x = layers.Dense(base_size * base_size * 2 * filters, activation="relu")(x)
     x = layers.Reshape((base_size, base_size, 2 * filters))(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, padding="same", activation="relu")(x)
@@ -38,7 +52,7 @@ def build_decoder(image_size, latent_dim, filters, hidden_units):
     # The loss reads these logits directly (stable cross-entropy); users get probabilities.
     logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits", dtype="float32")(x)
     image = layers.Activation("sigmoid", name="image", dtype="float32")(logits)
-    return keras.Model(latent_inputs, image, name="decoder")
+    return keras.Model(inputs if num_classes else inputs[0], image, name="decoder")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -76,7 +90,8 @@ class VAE(keras.Model):
     """Encoder + Sampling + decoder, trained on the negative ELBO in nats per image.
 
     `compute_loss` is the one override: Keras' own `train_step` and `test_step` call
-    it, so training and validation share it on every backend.
+    it, so training and validation share it on every backend. A conditional VAE (its
+    decoder takes `[z, label]`) is called on `(images, one_hot_labels)`.
     """
 
     def __init__(self, encoder, decoder, beta=1.0, seed=None, **kwargs):
@@ -95,10 +110,14 @@ class VAE(keras.Model):
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
 
-    def call(self, images, training=False):
-        z_mean, z_log_var = self.encoder(images, training=training)
+    @property
+    def conditional(self):
+        return len(self.decoder.inputs) == 2
+
+    def call(self, inputs, training=False):
+        z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
-        logits = self.decoder_logits(z, training=training)
+        logits = self.decoder_logits([z, inputs[1]] if self.conditional else z, training=training)
         return {
             "reconstruction": ops.sigmoid(logits),
             "logits": logits,
@@ -107,7 +126,7 @@ class VAE(keras.Model):
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        images = ops.cast(x, "float32")
+        images = ops.cast(x[0] if self.conditional else x, "float32")
         reconstruction_loss = ops.mean(reconstruction_nats(images, ops.cast(y_pred["logits"], "float32")))
         kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
         # Weighted by batch size so each epoch's figure is the exact mean per image.
@@ -133,10 +152,11 @@ class VAE(keras.Model):
         return cls(**config)
 
 
-def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=256, beta=1.0, seed=None):
+def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0):
     """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
-    encoder = build_encoder(image_size, latent_dim, filters, hidden_units)
-    decoder = build_decoder(image_size, latent_dim, filters, hidden_units)
+    encoder = build_encoder(image_size, latent_dim, filters, hidden_units, num_classes)
+    decoder = build_decoder(image_size, latent_dim, filters, hidden_units, num_classes)
     vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
-    vae(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
+    images = keras.ops.zeros((1, image_size, image_size, 1))
+    vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)  # create every weight now
     return vae

@@ -26,7 +26,8 @@ def run_python(code, cwd):
 def test_a_run_writes_every_output(trained_run):
     output_dir, _, history = trained_run
     for name in ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras",
-                 "plots/latent_space.png", "plots/manifold.png", "plots/reconstructions.png", "plots/samples.png"):
+                 "plots/latent_space.png", "plots/manifold.png", "plots/reconstructions.png", "plots/samples.png",
+                 "plots/interpolation.png"):
         assert (output_dir / name).stat().st_size > 0, name
     assert glob.glob(str(output_dir / "logs" / "*" / "train" / "events.out.tfevents.*"))
     assert glob.glob(str(output_dir / "logs" / "*" / "validation" / "events.out.tfevents.*"))
