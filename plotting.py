@@ -142,43 +142,43 @@ def plot_samples(decoder, path, grid_size=10, seed=0):
     _save(figure, path)
 
 
+def _save_grid_with_row_labels(images, rows, columns, row_labels, title, path):
+    figure, axes = plt.subplots(figsize=(columns, rows + 1))
+    axes.imshow(_tile(images, rows, columns), cmap="Greys_r", vmin=0, vmax=1)
+    size = images.shape[1]
+    axes.set_yticks(np.arange(rows) * size + size / 2, row_labels)
+    axes.set_xticks([])
+    axes.set_title(title)
+    _save(figure, path)
+
+
 def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
     """Conditional VAE: one row per class, the same `per_class` z values in every row."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((per_class, decoder.inputs[0].shape[-1])).astype(np.float32)
     classes = len(class_names)
     images = decode(decoder, np.tile(z, (classes, 1)), np.repeat(np.arange(classes), per_class))
-    figure, axes = plt.subplots(figsize=(per_class, classes + 1))
-    axes.imshow(_tile(images, classes, per_class), cmap="Greys_r", vmin=0, vmax=1)
-    size = images.shape[1]
-    axes.set_yticks(np.arange(classes) * size + size / 2, class_names)
-    axes.set_xticks([])
-    axes.set_title("Each row: one class; each column: one z from N(0, I)")
-    _save(figure, path)
+    _save_grid_with_row_labels(images, classes, per_class, class_names,
+                               "Each row: one class; each column: one z from N(0, I)", path)
 
 
 def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
     """Decodes along the straight line between the z_mean of two test images of different classes."""
     rng = np.random.default_rng(seed)
-    rows, row_labels = [], []
-    while len(rows) < pairs:
+    chosen = []
+    while len(chosen) < pairs:
         first, second = rng.choice(len(z_mean), 2, replace=False)
-        if labels[first] == labels[second]:
-            continue
-        weights = np.linspace(0, 1, steps)[:, None]
-        z = (1 - weights) * z_mean[first] + weights * z_mean[second]
-        # A conditional decoder's label moves along the line too, from one class to the other.
-        conditions = (1 - weights) * one_hot(labels[first]) + weights * one_hot(labels[second])
-        rows.append(decode(decoder, z.astype(np.float32), conditions))
-        row_labels.append(f"{class_names[labels[first]]} -> {class_names[labels[second]]}")
-    images = np.concatenate(rows)
-    figure, axes = plt.subplots(figsize=(steps, pairs + 1))
-    axes.imshow(_tile(images, pairs, steps), cmap="Greys_r", vmin=0, vmax=1)
-    size = images.shape[1]
-    axes.set_yticks(np.arange(pairs) * size + size / 2, row_labels)
-    axes.set_xticks([])
-    axes.set_title("Straight lines in the latent space between two test images (z_mean)")
-    _save(figure, path)
+        if labels[first] != labels[second]:
+            chosen.append((first, second))
+    first, second = np.array(chosen).T
+    weights = np.linspace(0, 1, steps)[None, :, None]  # (pair, step, dimension)
+    z = (1 - weights) * z_mean[first][:, None] + weights * z_mean[second][:, None]
+    # A conditional decoder's label moves along the line too, from one class to the other.
+    conditions = (1 - weights) * one_hot(labels[first])[:, None] + weights * one_hot(labels[second])[:, None]
+    images = decode(decoder, z.reshape(pairs * steps, -1).astype(np.float32), conditions.reshape(pairs * steps, -1))
+    row_labels = [f"{class_names[labels[a]]} -> {class_names[labels[b]]}" for a, b in chosen]
+    _save_grid_with_row_labels(images, pairs, steps, row_labels,
+                               "Straight lines in the latent space between two test images (z_mean)", path)
 
 
 def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None):
