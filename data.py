@@ -189,11 +189,6 @@ def one_hot(labels):
     return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
 
 
-def model_inputs(images, labels, conditional):
-    """What the encoder takes: the images, or [images, one-hot labels] when conditional."""
-    return [images, one_hot(labels)] if conditional else images
-
-
 def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
     """A tf.data pipeline of image batches, reshuffled every epoch when training.
 

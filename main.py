@@ -380,15 +380,18 @@ def train(config):
             )
         models_dir = os.path.join(config.output_dir, "models")
         save_models(vae, models_dir)
-        report(vae, config, test_images, test_labels, run_name, {"training_seconds": round(training_seconds, 1),
-                                                    "epochs_trained": len(history.epoch)})
+        training = {"training_seconds": round(training_seconds, 1), "epochs_trained": len(history.epoch)}
+        report(vae, config, test_images, test_labels, run_name, training)
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae, history
 
 
 def evaluate_saved_model(config):
-    """--evaluate-only: evaluate and plot models/vae.keras without training."""
+    """--evaluate-only: evaluate and plot models/vae.keras without training.
+
+    The model file says whether it is conditional; `--dataset` must name the data it learned.
+    """
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))
