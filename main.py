@@ -395,8 +395,14 @@ def evaluate_saved_model(config):
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))
-        _, (test_images, test_labels) = load_images(config)
         previous = read_metrics(config.output_dir)
+        trained = previous.get("config", {})
+        for name in ("dataset", "image_size"):  # evaluating on other data would mislead silently
+            if name in trained and trained[name] != getattr(config, name):
+                flag = "--" + name.replace("_", "-")
+                raise RunError(f"models/vae.keras in {config.output_dir} was trained with {flag} {trained[name]}; "
+                               f"add {flag} {trained[name]}")
+        _, (test_images, test_labels) = load_images(config)
         report(vae, config, test_images, test_labels, previous.get("run_name", "evaluation"),
                previous.get("training", {}))
         if config.plots:
