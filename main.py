@@ -221,8 +221,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def __init__(self, filepath, **kwargs):
         self.final_path = filepath
-        partial = os.path.join(os.path.dirname(filepath), "." + os.path.basename(filepath) + ".partial.keras")
-        super().__init__(partial, **kwargs)
+        super().__init__(partial_model_path(filepath), **kwargs)
 
     def on_epoch_end(self, epoch, logs=None):
         with contextlib.suppress(FileNotFoundError):
@@ -492,9 +491,14 @@ def write_atomically(path, text):
     os.replace(partial, path)
 
 
+def partial_model_path(path):
+    """A hidden temporary name beside `path`; Keras insists on the .keras suffix."""
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial.keras")
+
+
 def save_model(model, path):
     """Save to a temporary file beside `path`, then rename: never a half-written model."""
-    partial = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial.keras")
+    partial = partial_model_path(path)
     model.save(partial)
     os.replace(partial, path)
 
