@@ -20,13 +20,14 @@ from data import one_hot  # noqa: E402
 PREDICT_BATCH_SIZE = 500  # large batches: prediction holds no gradients
 
 
-def is_conditional(decoder):
-    return len(decoder.inputs) == 2
+def is_conditional(model):
+    """A conditional encoder or decoder takes the one-hot label as its second input."""
+    return len(model.inputs) == 2
 
 
 def encode(encoder, images, labels):
     """z_mean of each image (a conditional encoder also reads the labels)."""
-    inputs = [images, one_hot(labels)] if len(encoder.inputs) == 2 else images
+    inputs = [images, one_hot(labels)] if is_conditional(encoder) else images
     return encoder.predict(inputs, batch_size=PREDICT_BATCH_SIZE, verbose=0)[0]
 
 
