@@ -55,7 +55,8 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
             - _log_normal(z, z_mean[:, None], z_log_var[:, None])
         )
         reconstruction.append(nats.mean(axis=1))
-        kl.append(keras.ops.convert_to_numpy(kl_divergence(z_mean, z_log_var)))
+        posterior = (keras.ops.convert_to_tensor(z_mean), keras.ops.convert_to_tensor(z_log_var))
+        kl.append(keras.ops.convert_to_numpy(kl_divergence(*posterior)))
         iw_nll.append(-(logsumexp(log_weights, axis=1) - math.log(samples)))
         if progress:
             progress.add(len(batch))

@@ -48,6 +48,7 @@ except ImportError:
     fcntl = None
 
 import data
+import distribution
 import evaluation
 import plotting
 from data import DataError
@@ -119,6 +120,8 @@ class Config:
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
     seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)
+    distribute: str = setting("none", "split each batch over every local GPU (mirrored) or over machines named in "
+                              "TF_CONFIG (multi-worker); see README", choices=distribution.MODES)
     # Evaluation
     iw_samples: int = setting(32, "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU", positive_int)
     evaluate_only: bool = setting(False, "evaluate and plot the saved models/vae.keras instead of training")
@@ -170,9 +173,8 @@ def load_images(config):
 # ---------------------------------------------------------------------------------------
 
 
-def make_model(config, train_size):
-    """The VAE, compiled with Adam; the step size follows a cosine over all the run's steps."""
-    vae = build_vae(
+def build_model(config):
+    return build_vae(
         image_size=config.image_size,
         latent_dim=config.latent_dim,
         filters=config.filters,
@@ -181,6 +183,11 @@ def make_model(config, train_size):
         seed=config.seed,
         num_classes=data.NUM_CLASSES if config.conditional else 0,
     )
+
+
+def make_model(config, train_size):
+    """The VAE, compiled with Adam; the step size follows a cosine over all the run's steps."""
+    vae = build_model(config)
     learning_rate = config.learning_rate
     if config.cosine_decay:
         total_steps = config.epochs * math.ceil(train_size / config.batch_size)
@@ -234,19 +241,28 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN."""
+    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN.
+
+    With write=False (multi-worker, every worker but the chief) it only restores the
+    chief's backup at the start, so that all workers resume from the same epoch.
+    """
+
+    def __init__(self, backup_dir, write=True, **kwargs):
+        super().__init__(backup_dir, delete_checkpoint=write, **kwargs)
+        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
-        if all_finite(logs):
+        if self.write and all_finite(logs):
             super().on_epoch_end(epoch, logs)
 
 
-def prepare_run(config):
-    """Find or start the run: a backup's settings must match this config; returns its name."""
+def prepare_run(config, write=True):
+    """Find or start the run: a backup's settings must match this config; returns its name
+    and whether it resumes. With write=False (not the chief) nothing is written or removed."""
     backup_dir = os.path.join(config.output_dir, "backup")
     run_file = os.path.join(backup_dir, "run.json")
     settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
-    if config.fresh:
+    if config.fresh and write:
         shutil.rmtree(backup_dir, ignore_errors=True)
     if os.path.exists(run_file):
         try:
@@ -269,6 +285,8 @@ def prepare_run(config):
         config.dataset, "-conditional" if config.conditional else "", config.latent_dim,
         datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
     )
+    if not write:
+        return run_name, False
     os.makedirs(backup_dir, exist_ok=True)
     write_atomically(run_file, json.dumps({"run_name": run_name, "settings": settings}, indent=2))
     return run_name, False
@@ -328,7 +346,13 @@ class TensorBoardImages(keras.callbacks.Callback):
             self.writer.close()
 
 
-def make_callbacks(config, run_name, test_images, test_labels):
+def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
+    backup_dir = os.path.join(config.output_dir, "backup")
+    if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
+        callbacks = [KLSchedule(config.beta, config.kl_warmup_epochs), keras.callbacks.TerminateOnNaN()]
+        if not config.fresh:
+            callbacks.append(FiniteBackupAndRestore(backup_dir, write=False))
+        return callbacks
     log_dir = os.path.join(config.output_dir, "logs", run_name)
     callbacks = [
         KLSchedule(config.beta, config.kl_warmup_epochs),  # first: the others see kl_weight
@@ -338,7 +362,7 @@ def make_callbacks(config, run_name, test_images, test_labels):
         ),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
         # Double checkpoint: if a kill lands mid-write, the previous epoch's backup is used.
-        FiniteBackupAndRestore(os.path.join(config.output_dir, "backup"), double_checkpoint=True),
+        FiniteBackupAndRestore(backup_dir, double_checkpoint=True),
     ]
     if config.image_every:
         shown = slice(0, 2000)  # enough points for the scatter, quick to encode every epoch
@@ -349,26 +373,34 @@ def make_callbacks(config, run_name, test_images, test_labels):
 
 def train(config):
     """Train a VAE as `config` says, then save, evaluate and plot it; return (vae, history)."""
-    check_writable(config.output_dir)
-    with output_lock(config.output_dir):
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
+    placement = distribution.place(config.distribute, config.batch_size)
+    if placement.is_chief:
+        check_writable(config.output_dir)
+    with output_lock(config.output_dir) if placement.is_chief else contextlib.nullcontext():
         keras.utils.set_random_seed(config.seed)
         (train_images, train_labels), (test_images, test_labels) = load_images(config)
-        conditions = (train_labels, test_labels) if config.conditional else (None, None)
-        train_dataset = data.make_dataset(train_images, config.batch_size, shuffle=True, seed=config.seed,
-                                          labels=conditions[0])
-        test_dataset = data.make_dataset(test_images, config.batch_size, labels=conditions[1])
+        # All images, except where batches must split evenly over devices (JAX): then up to
+        # replicas - 1 are left out of training and val_loss (the final evaluation uses all).
+        train_count, test_count = placement.usable(len(train_images)), placement.usable(len(test_images))
+        train_dataset = data.make_dataset(train_images[:train_count], config.batch_size, shuffle=True,
+                                          seed=config.seed, labels=train_labels[:train_count] if config.conditional else None)
+        test_dataset = data.make_dataset(test_images[:test_count], config.batch_size,
+                                         labels=test_labels[:test_count] if config.conditional else None)
 
-        vae = make_model(config, len(train_images))
-        run_name, resumed = prepare_run(config)
+        with placement.scope():  # the model, its optimizer and metrics live on every replica
+            vae = placement.prepare(make_model(config, train_count))
+        run_name, resumed = prepare_run(config, write=placement.is_chief)
         log_dir = os.path.join(config.output_dir, "logs")
-        print(f"{'Resuming' if resumed else 'Starting'} run {run_name}: {len(train_images)} training and "
-              f"{len(test_images)} test images. Watch it with: tensorboard --logdir {log_dir}")
+        print(f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()}: "
+              f"{train_count} training and {test_count} test images. "
+              f"Watch it with: tensorboard --logdir {log_dir}")
         started = time.perf_counter()
         history = vae.fit(
             train_dataset,
             validation_data=test_dataset,
             epochs=config.epochs,
-            callbacks=make_callbacks(config, run_name, test_images, test_labels),
+            callbacks=make_callbacks(config, run_name, test_images, test_labels, placement.is_chief),
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         )
         training_seconds = time.perf_counter() - started
@@ -377,13 +409,27 @@ def train(config):
                 "training diverged (the loss became NaN or infinite) and was stopped; nothing was "
                 f"saved over earlier files. Try a smaller --learning-rate than {config.learning_rate}."
             )
+        if not placement.is_chief:
+            print(f"{placement.worker} finished; the chief writes the models, metrics and plots.")
+            return vae, history
         models_dir = os.path.join(config.output_dir, "models")
         save_models(vae, models_dir)
+        if placement.mode != "none":
+            vae = one_device_copy(vae, config, placement)
         training = {"training_seconds": round(training_seconds, 1), "epochs_trained": len(history.epoch)}
         report(vae, config, test_images, test_labels, run_name, training)
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae, history
+
+
+def one_device_copy(vae, config, placement):
+    """The trained weights in a VAE on one device, for evaluation and plots: a distributed
+    model's predict splits every batch over the replicas (and gathers it from every worker)."""
+    with placement.one_device():
+        copy = build_model(config)
+    copy.set_weights(vae.get_weights())
+    return copy
 
 
 def evaluate_saved_model(config):
@@ -546,7 +592,7 @@ def main(argv=None):
             evaluate_saved_model(config)
         else:
             train(config)
-    except (DataError, RunError) as error:
+    except (DataError, RunError, distribution.DistributionError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         print("\nInterrupted. Run the same command again to resume from the last finished epoch.", file=sys.stderr)

@@ -8,6 +8,7 @@ take the encoder and decoder (plain or conditional) as saved in models/.
 import io
 import os
 
+import keras
 import matplotlib
 
 matplotlib.use("Agg")
@@ -20,6 +21,20 @@ from data import one_hot  # noqa: E402
 PREDICT_BATCH_SIZE = 500  # large batches: prediction holds no gradients
 
 
+def run_model(model, inputs, batch_size=PREDICT_BATCH_SIZE):
+    """model(inputs) as numpy, in batches. A direct call, not `predict`: a model trained under
+    a distribution strategy then still runs on this device alone, where its `predict` would
+    split every batch over the replicas and wait for the other workers to do the same."""
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    outputs = []
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = [array[start:start + batch_size] for array in inputs]
+        result = model(batch if len(batch) > 1 else batch[0], training=False)
+        outputs.append([keras.ops.convert_to_numpy(tensor) for tensor in keras.tree.flatten(result)])
+    merged = [np.concatenate(parts) for parts in zip(*outputs)]
+    return merged if len(merged) > 1 else merged[0]
+
+
 def is_conditional(model):
     """A conditional encoder or decoder takes the one-hot label as its second input."""
     return len(model.inputs) == 2
@@ -28,16 +43,16 @@ def is_conditional(model):
 def encode(encoder, images, labels):
     """z_mean of each image (a conditional encoder also reads the labels)."""
     inputs = [images, one_hot(labels)] if is_conditional(encoder) else images
-    return encoder.predict(inputs, batch_size=PREDICT_BATCH_SIZE, verbose=0)[0]
+    return run_model(encoder, inputs)[0]
 
 
 def decode(decoder, z, labels=None):
-    """Images decoded from z in one batched call; `labels` (ints or one-hot rows) if conditional."""
+    """Images decoded from z, in batches; `labels` (ints or one-hot rows) if conditional."""
     if is_conditional(decoder):
         labels = np.asarray(labels)
         conditions = labels if labels.ndim == 2 else one_hot(labels)
-        return decoder.predict([z, conditions.astype(np.float32)], batch_size=len(z), verbose=0)
-    return decoder.predict(z, batch_size=len(z), verbose=0)
+        return run_model(decoder, [z, conditions.astype(np.float32)])
+    return run_model(decoder, z)
 
 
 def principal_components(points, count=2):

@@ -85,6 +85,24 @@ def reconstruction_nats(images, logits):
     return ops.sum(ops.reshape(cross_entropy, (ops.shape(images)[0], -1)), axis=-1)
 
 
+def scale_for_replicas(loss):
+    """Divide a replica's loss by the number of replicas under tf.distribute.
+
+    tf.distribute sums the replicas' gradients; with each replica's mean loss divided by
+    their number, the sum is the gradient of the whole batch's mean, as on one device.
+    Keras does this for compiled losses but not for a hand-written `compute_loss`, and
+    undoes it for the reported loss. On JAX (DataParallel) and on one device each step
+    sees the whole batch: nothing to do.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return loss
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VAE(keras.Model):
     """Encoder + Sampling + decoder, trained on the negative ELBO in nats per image.
@@ -103,7 +121,7 @@ class VAE(keras.Model):
         self.sampling = Sampling(seed=seed, name="sampling")
         # The decoder up to its logits, sharing its layers (and so its weights).
         self.decoder_logits = keras.Model(
-            decoder.inputs, decoder.get_layer("logits").output, name="decoder_logits"
+            decoder.input, decoder.get_layer("logits").output, name="decoder_logits"
         )
         # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
         self.kl_weight = keras.Variable(beta, trainable=False, name="kl_weight")
@@ -134,7 +152,7 @@ class VAE(keras.Model):
         self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
         self.kl_loss_tracker.update_state(kl_loss, sample_weight=batch_size)
         kl_weight = self.kl_weight if training else 1.0
-        return reconstruction_loss + kl_weight * kl_loss
+        return scale_for_replicas(reconstruction_loss + kl_weight * kl_loss)
 
     def get_config(self):
         return {

@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark.py            # the full comparison (tens of minutes on a CPU)
     python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
+    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (a few minutes)
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 
@@ -20,6 +21,11 @@ process), FLOPs per training image counted from the layer shapes and the GFLOP/s
 makes, as a share of a float32 matrix-multiply peak measured in the same run (a bfloat16
 peak is measured and reported too).
 
+Then, for each Keras backend installed (TensorFlow, JAX, PyTorch), the default model
+trains for --backend-epochs epochs on the first --backend-images images, in its own
+subprocess with KERAS_BACKEND set: seconds per epoch (the last, so tracing and
+compilation are left out) and training images/s, all on this machine in the same run.
+
 Outputs go to --output-dir (default benchmarks/results/, git-ignored): benchmark.md (the
 table and the machine), benchmark.json (everything, per-epoch curves included) and
 elbo_vs_time.png. The table is also printed at the end.
@@ -27,6 +33,7 @@ elbo_vs_time.png. The table is also printed at the end.
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -47,6 +54,9 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODELS = ("default", "baseline")
+BACKENDS = ("tensorflow", "jax", "torch")
+BACKEND_IMAGES = 12000  # per backend: enough for a steady epoch, ~2 minutes for all three
+BACKEND_EPOCHS = 2  # the first includes tracing / compilation; the last is timed
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 DEFAULT_OUTPUT_DIR = REPO / "benchmarks" / "results"
 
@@ -326,6 +336,19 @@ def write_markdown(path, report):
         f"- Command: `{report['command']}`",
         "",
     ]
+    if report.get("backends"):
+        settings = report["settings"]
+        lines += [
+            "## Keras backends",
+            "",
+            backends_table(report["backends"]),
+            "",
+            f"- The default model on the first {settings['backend_images']:,} training images for"
+            f" {settings['backend_epochs']} epochs, on each backend in its own process with KERAS_BACKEND set;"
+            " s/epoch is the last epoch's training time (validation excluded), so the first epoch's tracing or"
+            " compilation is left out. The data pipeline is tf.data on every backend.",
+            "",
+        ]
     Path(path).write_text("\n".join(lines))
 
 
@@ -369,8 +392,64 @@ def _versions():
     import keras
     import tensorflow as tf
 
-    return {"tensorflow": tf.__version__, "keras": keras.__version__,
-            "gpus": [device.name for device in tf.config.list_physical_devices("GPU")]}
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+                "gpus": [device.name for device in tf.config.list_physical_devices("GPU")]}
+    if keras.backend.backend() != "tensorflow":
+        versions[keras.backend.backend()] = importlib.import_module(keras.backend.backend()).__version__
+    return versions
+
+
+def installed_backends():
+    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+def run_backend_worker(args):
+    """The default model for a few epochs on the backend this process runs (KERAS_BACKEND)."""
+    import keras
+
+    import data
+    import main
+
+    config = main.Config(data_dir=args.data_dir, limit=args.backend_images, epochs=args.backend_epochs,
+                         **({"seed": args.seed} if args.seed is not None else {}))
+    keras.utils.set_random_seed(config.seed)
+    (train_images, _), (test_images, _) = main.load_images(config)
+    model = main.make_model(config, len(train_images))
+    clock = make_epoch_clock()
+    print(f"[{keras.backend.backend()}] default model, {len(train_images)} training images, "
+          f"{config.epochs} epochs", flush=True)
+    model.fit(data.make_dataset(train_images, config.batch_size, shuffle=True, seed=config.seed),
+              validation_data=data.make_dataset(test_images, config.batch_size), epochs=config.epochs,
+              callbacks=[clock], shuffle=False, verbose=2)
+    epochs = clock.epochs
+    last_epoch_seconds = epochs[-1]["seconds"] - (epochs[-2]["seconds"] if len(epochs) > 1 else 0.0)
+    return {
+        "backend": keras.backend.backend(),
+        "versions": _versions(),
+        "train_images": len(train_images),
+        "epochs": epochs,
+        "seconds_per_epoch": last_epoch_seconds,
+        "train_images_per_second": len(train_images) / last_epoch_seconds,
+        "final_val_loss": epochs[-1]["val_loss"],
+        "peak_memory_mib": _peak_memory_mib(),
+    }
+
+
+def backends_table(backends):
+    """One row per backend: the same model and images, timed in the same benchmark run."""
+    rows = ["| backend | version | training images | s/epoch (last) | train images/s | test -ELBO after "
+            "the epochs | peak memory MiB |", "|" + " --- |" * 7]
+    for name, result in backends.items():
+        rows.append("| " + " | ".join([
+            name,
+            result["versions"].get(name, ""),
+            f"{result['train_images']:,}",
+            _number(result["seconds_per_epoch"], 1),
+            _number(result["train_images_per_second"], 0),
+            _number(result["final_val_loss"], 2),
+            _number(result["peak_memory_mib"], 0),
+        ]) + " |")
+    return "\n".join(rows)
 
 
 def _peak_memory_mib():
@@ -513,10 +592,17 @@ def parse_args(argv=None):
                         help="folder with the MNIST IDX files (default: ../shared/data/mnist if it exists, else Keras' download)")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help="where the report goes (default: benchmarks/results/)")
     parser.add_argument("--seed", type=int, default=None, help="seed for both models (default: main.Config().seed)")
-    parser.add_argument("--worker", choices=(*MODELS, "matmul"), help=argparse.SUPPRESS)
+    parser.add_argument("--backend-images", type=int, default=None,
+                        help=f"training images per backend row (default: {BACKEND_IMAGES}; --quick: {QUICK_LIMIT})")
+    parser.add_argument("--backend-epochs", type=int, default=BACKEND_EPOCHS,
+                        help="epochs per backend row; the last one is timed (default: %(default)s)")
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--no-backends", action="store_true", help="skip the per-backend rows")
+    rows.add_argument("--only-backends", action="store_true", help="only the per-backend rows: no baseline")
+    parser.add_argument("--worker", choices=(*MODELS, "matmul", "backend"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for flag in ("limit", "epochs_default", "epochs_baseline"):
+    for flag in ("limit", "epochs_default", "epochs_baseline", "backend_images", "backend_epochs"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -526,12 +612,13 @@ def parse_args(argv=None):
         args.limit = args.limit or QUICK_LIMIT
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
         args.epochs_baseline = args.epochs_baseline or QUICK_EPOCHS
+    args.backend_images = args.backend_images or (QUICK_LIMIT if args.quick else BACKEND_IMAGES)
     return args
 
 
 def _worker_argv(args, name, output):
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-output", output]
-    for flag in ("limit", "epochs_default", "epochs_baseline", "data_dir", "seed"):
+    for flag in ("limit", "epochs_default", "epochs_baseline", "data_dir", "seed", "backend_images", "backend_epochs"):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
@@ -540,12 +627,13 @@ def _worker_argv(args, name, output):
     return argv
 
 
-def run_worker(args, name):
-    """Run one worker in a fresh Python process and return its JSON result."""
+def run_worker(args, name, backend=None):
+    """Run one worker in a fresh Python process (on `backend`, if given) and return its JSON result."""
+    environment = {**os.environ, "KERAS_BACKEND": backend} if backend else None
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "result.json")
-        print(f"--- {name}", flush=True)
-        completed = subprocess.run(_worker_argv(args, name, output), cwd=REPO)
+        print(f"--- {name}{' on ' + backend if backend else ''}", flush=True)
+        completed = subprocess.run(_worker_argv(args, name, output), cwd=REPO, env=environment)
         if completed.returncode != 0:
             sys.exit(f"error: the {name} worker failed (exit status {completed.returncode}); see its output above")
         with open(output) as file:
@@ -555,6 +643,8 @@ def run_worker(args, name):
 def worker_main(args):
     if args.worker == "matmul":
         result = run_matmul_worker(args)
+    elif args.worker == "backend":
+        result = run_backend_worker(args)
     else:
         import data
 
@@ -574,8 +664,13 @@ def main(argv=None):
                                       *(sys.argv[1:] if argv is None else argv)])
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
+    if args.only_backends:
+        return report_backends(args, command, started)
     results = {name: run_worker(args, name) for name in MODELS}  # data problems show up first
     matmul = run_worker(args, "matmul")
+    backends = {} if args.no_backends else {
+        name: run_worker(args, "backend", backend=name) for name in installed_backends()
+    }
     summary = summarize(results, matmul)
     report = {
         "command": command,
@@ -586,6 +681,7 @@ def main(argv=None):
         "matmul_peak": matmul,
         "summary": summary,
         "results": results,
+        "backends": backends,
     }
     output_dir = Path(args.output_dir)
     (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2))
@@ -593,9 +689,31 @@ def main(argv=None):
     plot_curves(output_dir / "elbo_vs_time.png", results, summary)
     print()
     print(markdown_table(results, summary))
+    if backends:
+        print()
+        print(backends_table(backends))
     print(f"\nfloat32 matmul peak {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
           f"{matmul['bfloat16']['gflops']:,.1f} GFLOP/s. Report: {output_dir / 'benchmark.md'}, "
           f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_time.png'}")
+
+
+def report_backends(args, command, started):
+    """--only-backends: the per-backend rows alone, in backends.md and backends.json."""
+    backends = {name: run_worker(args, "backend", backend=name) for name in installed_backends()}
+    report = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+              "total_seconds": time.time() - started, "machine": machine_description(),
+              "settings": {key: value for key, value in vars(args).items() if not key.startswith("worker")},
+              "backends": backends}
+    output_dir = Path(args.output_dir)
+    (output_dir / "backends.json").write_text(json.dumps(report, indent=2))
+    machine = report["machine"]
+    (output_dir / "backends.md").write_text(
+        f"# Keras backends\n\n{backends_table(backends)}\n\n- The default model on the first "
+        f"{args.backend_images:,} training images, {args.backend_epochs} epochs; the last epoch is timed.\n"
+        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n- Command: `{command}`\n")
+    print()
+    print(backends_table(backends))
+    print(f"\nReport: {output_dir / 'backends.md'}, {output_dir / 'backends.json'}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,3 +47,13 @@ def trained_run(tmp_path_factory, mnist_dir):
     output_dir = tmp_path_factory.mktemp("run")
     vae, history = main.train(quick_config(output_dir, mnist_dir))
     return output_dir, vae, history
+
+
+def run_python(code, cwd=REPO, env=None, timeout=300):
+    """Run `code` in a fresh interpreter, with `env` added to the environment (a Keras
+    backend, say); return what it printed last, as JSON."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -117,5 +117,20 @@ def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
     assert (args.limit, args.epochs_default, args.epochs_baseline) == (6000, 3, 5)
     full = benchmark.parse_args([])
     assert (full.limit, full.epochs_default, full.epochs_baseline) == (None, None, None)
+    assert (args.backend_images, full.backend_images) == (6000, benchmark.BACKEND_IMAGES)
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--epochs-default", "0"])
+
+
+def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
+    import keras
+
+    args = benchmark.parse_args(["--data-dir", mnist_dir, "--backend-images", "300", "--backend-epochs", "2"])
+    result = benchmark.run_backend_worker(args)
+    assert result["backend"] == keras.backend.backend() and result["train_images"] == 300
+    assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
+    assert math.isclose(result["train_images_per_second"], 300 / result["seconds_per_epoch"])
+    table = benchmark.backends_table({"tensorflow": result, "jax": {**result, "versions": {"jax": "0.1"}}})
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| jax | 0.1 | 300 |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)

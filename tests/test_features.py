@@ -1,7 +1,6 @@
 """Fashion-MNIST, the conditional VAE, beta and KL warm-up, pictures in TensorBoard."""
 
 import glob
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import tensorflow as tf
 
 import main
 from conftest import quick_config
-from test_training import run_python
+from conftest import run_python
 
 
 def read_events(folder, kind):

@@ -10,7 +10,6 @@ import time
 import zipfile
 
 import keras
-import numpy as np
 import pytest
 
 import main
@@ -25,7 +24,10 @@ def command(output_dir, data_dir, *extra):
 
 
 def start_and_wait_for_first_epoch(arguments):
-    process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in a terminal: SIGINT is not ignored, even if this test runs in a background job
+    # (which ignores it, and a child would inherit that).
+    process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metadata = os.path.join(arguments[arguments.index("--output-dir") + 1], "backup", "training_metadata.json")
     deadline = time.monotonic() + 240
     while not os.path.exists(metadata):
@@ -85,7 +87,7 @@ def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
     process = start_and_wait_for_first_epoch(command(tmp_path, mnist_dir))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert "Interrupted. Run the same command again to resume" in stderr.strip().splitlines()[-1]
     assert (tmp_path / "backup" / "latest.weights.h5").exists()
 

@@ -1,26 +1,14 @@
 """End to end on a small real MNIST subset: outputs, reloading, resuming, repeating."""
 
 import glob
-import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import main
-from conftest import REPO, quick_config
-
-
-def run_python(code, cwd):
-    """Run `code` in a fresh interpreter; return what it printed last (as JSON)."""
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+from conftest import REPO, quick_config, run_python
 
 
 def test_a_run_writes_every_output(trained_run):

@@ -1,0 +1,86 @@
+"""Every installed Keras backend trains, saves and plots; its files load on every other."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_python
+
+BACKENDS = [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
+
+
+@pytest.fixture(scope="module")
+def runs(mnist_dir, tmp_path_factory):
+    """A short `python main.py` run on each installed backend: {backend: output folder}."""
+    folders = {}
+    for backend in BACKENDS:
+        folder = tmp_path_factory.mktemp(backend)
+        environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        result = subprocess.run(
+            [sys.executable, str(REPO / "main.py"), "--data-dir", mnist_dir, "--output-dir", str(folder),
+             "--limit", "512", "--epochs", "1", "--filters", "8", "--hidden-units", "32", "--iw-samples", "4"],
+            env=environment, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, f"{backend}: {result.stderr[-3000:]}"
+        folders[backend] = folder
+    return folders
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_trains_saves_and_plots(runs, backend):
+    if backend not in runs:
+        pytest.skip(f"{backend} is not installed")
+    folder = runs[backend]
+    for name in ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras",
+                 "plots/latent_space.png", "plots/manifold.png", "plots/samples.png"):
+        assert (folder / name).stat().st_size > 0, name
+    metrics = json.loads((folder / "models" / "metrics.json").read_text())
+    assert metrics["versions"]["backend"] == backend
+    assert np.isfinite(metrics["test"]["negative_elbo"]) and metrics["test"]["negative_elbo"] < 700
+    for part in ("train", "validation", "images", "evaluation"):  # TensorBoard, written through TensorFlow
+        assert list(folder.glob(f"logs/*/{part}/events.out.tfevents.*")), part
+
+
+LOAD_EVERYTHING = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import keras, numpy as np
+import main  # registers the VAE's classes
+images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+z = np.random.default_rng(1).standard_normal((4, 2)).astype(np.float32)
+result = {{}}
+for trained_on, folder in {folders!r}.items():
+    encoder = keras.saving.load_model(folder + "/models/encoder.keras")
+    decoder = keras.saving.load_model(folder + "/models/decoder.keras")
+    vae = keras.saving.load_model(folder + "/models/vae.keras")
+    checkpoint = keras.saving.load_model(folder + "/checkpoint.keras")
+    result[trained_on] = {{
+        "z_mean": keras.ops.convert_to_numpy(encoder(images)[0]).tolist(),
+        "decoded": keras.ops.convert_to_numpy(decoder(z)).tolist(),
+        "vae_z_mean": keras.ops.convert_to_numpy(vae.encoder(images)[0]).tolist(),
+        "checkpoint_z_mean": keras.ops.convert_to_numpy(checkpoint.encoder(images)[0]).tolist(),
+    }}
+print(json.dumps(result))
+"""
+
+
+def test_models_saved_on_one_backend_load_on_every_backend(runs):
+    if len(runs) < 2:
+        pytest.skip("only one Keras backend is installed")
+    folders = {backend: str(folder) for backend, folder in runs.items()}
+    loaded = {
+        backend: run_python(LOAD_EVERYTHING.format(repo=str(REPO), folders=folders), env={"KERAS_BACKEND": backend})
+        for backend in runs
+    }
+    for trained_on in runs:
+        reference = loaded[trained_on][trained_on]  # loaded where it was trained
+        assert not np.allclose(reference["z_mean"], 0)
+        for loaded_on in runs:
+            for name in ("z_mean", "decoded", "vae_z_mean", "checkpoint_z_mean"):
+                np.testing.assert_allclose(loaded[loaded_on][trained_on][name], reference[name], rtol=1e-4,
+                                           atol=1e-5, err_msg=f"{name}: trained on {trained_on}, loaded on {loaded_on}")
