@@ -4,6 +4,8 @@
     python main.py --data-dir ../shared/data/mnist  # offline, from the original IDX files
     python main.py --dataset fashion_mnist --conditional   # clothes, one decoder per class
     python main.py --evaluate-only                  # evaluate and plot the saved model again
+    python main.py --distribute mirrored            # every local GPU (see README for machines)
+    KERAS_BACKEND=jax python main.py                # or torch: the same program on another backend
     python main.py --help                           # every setting and its default
 
 MNIST digits are padded from 28x28 to 32x32 and scaled to [0, 1]. A conv encoder maps
@@ -22,8 +24,9 @@ Outputs (under --output-dir, default here):
     backup/                          state of an unfinished run; the same command resumes it
 
 The sections below follow the program: Config, Data, Model, Training, Evaluation,
-Saving, Plots, Command line. Data loading, the model, the evaluation and the plots live
-in data.py, vae.py, evaluation.py and plotting.py beside this file.
+Saving, Plots, Command line. Data loading, the model, the evaluation, the plots and
+--distribute live in data.py, vae.py, evaluation.py, plotting.py and distribution.py
+beside this file.
 """
 
 import argparse
@@ -174,6 +177,7 @@ def load_images(config):
 
 
 def build_model(config):
+    """The VAE that `config` describes, with every weight created, not compiled."""
     return build_vae(
         image_size=config.image_size,
         latent_dim=config.latent_dim,
