@@ -418,12 +418,11 @@ def train(config):
             return vae, history
         models_dir = os.path.join(config.output_dir, "models")
         save_models(vae, models_dir)
-        if placement.mode != "none":
-            vae = one_device_copy(vae, config, placement)
+        trained = one_device_copy(vae, config, placement) if placement.mode != "none" else vae
         training = {"training_seconds": round(training_seconds, 1), "epochs_trained": len(history.epoch)}
-        report(vae, config, test_images, test_labels, run_name, training)
+        report(trained, config, test_images, test_labels, run_name, training)
         if config.plots:
-            draw_plots(vae, config, test_images, test_labels)
+            draw_plots(trained, config, test_images, test_labels)
     return vae, history
 
 

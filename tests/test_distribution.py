@@ -8,11 +8,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python
+from conftest import REPO, SHARED_DATA, run_python
 
 SMALL_RUN = "limit=512, epochs=1, batch_size=64, filters=8, hidden_units=32, iw_samples=4"
 
@@ -90,23 +91,30 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import numpy as np
 import main
-config = main.Config(data_dir={data_dir!r}, output_dir={output_dir!r}, distribute="multi-worker", {small_run})
+config = main.Config(data_dir={data_dir!r}, output_dir={output_dir!r}, distribute="multi-worker", {settings})
 vae, history = main.train(config)
 np.savez({weights!r}, *vae.get_weights())
-print(json.dumps(history.history))
+print(json.dumps({{"history": history.history, "epochs": history.epoch,
+                  "optimizer_steps": int(vae.optimizer.iterations.numpy())}}))
 """
 
 
-def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir, tmp_path):
+def start_workers(folder, output_dirs, settings=SMALL_RUN):
+    """Two `main.train` processes on 127.0.0.1, worker 0 and worker 1 of one cluster."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     workers = []
-    for index in range(2):
+    for index, output_dir in enumerate(output_dirs):
         tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        code = WORKER.format(repo=str(REPO), data_dir=mnist_dir, output_dir=str(tmp_path / f"worker{index}"),
-                             small_run=SMALL_RUN, weights=str(tmp_path / f"weights{index}.npz"))
+        code = WORKER.format(repo=str(REPO), data_dir=str(SHARED_DATA / "mnist"), output_dir=str(output_dir),
+                             settings=settings, weights=str(folder / f"weights{index}.npz"))
         environment = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        workers.append(subprocess.Popen([sys.executable, "-c", code], env=environment, cwd=tmp_path,
+        workers.append(subprocess.Popen([sys.executable, "-c", code], env=environment, cwd=folder,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return workers
+
+
+def finish(workers, folder):
+    """Wait for both workers; return what each printed and the weights each ended with."""
     try:
         outputs = [worker.communicate(timeout=300) for worker in workers]
     finally:
@@ -114,19 +122,51 @@ def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir,
             worker.kill()
     for worker, (stdout, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr[-3000:]
-    histories = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
-    assert histories[0] == histories[1]  # the logs are reduced over both workers
-    assert np.isfinite(histories[0]["val_loss"]).all()
-    weights = [np.load(tmp_path / f"weights{index}.npz") for index in range(2)]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    return results, [np.load(folder / f"weights{index}.npz") for index in range(2)]
+
+
+def assert_same_weights(weights):
     assert len(weights[0].files) == len(weights[1].files) > 10
     for name in weights[0].files:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
+
+
+def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir, tmp_path):
+    results, weights = finish(start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"]), tmp_path)
+    assert results[0]["history"] == results[1]["history"]  # the logs are reduced over both workers
+    assert np.isfinite(results[0]["history"]["val_loss"]).all()
+    assert_same_weights(weights)
     chief = tmp_path / "worker0"
     for name in ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/metrics.json",
                  "plots/manifold.png"):
         assert (chief / name).exists(), name
     assert list((chief / "logs").glob("*/train/events.out.tfevents.*"))
     assert not (tmp_path / "worker1").exists()  # worker 1 wrote nothing at all
+
+
+def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
+    """Both workers share one output folder; killed after the first epoch, both resume."""
+    output_dir = tmp_path / "shared"
+    settings = "limit=12000, epochs=3, filters=8, hidden_units=32, iw_samples=2, plots=False, image_every=0"
+    workers = start_workers(tmp_path, [output_dir, output_dir], settings)
+    metadata = output_dir / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 240
+    while not metadata.exists():
+        assert all(worker.poll() is None for worker in workers), [worker.communicate() for worker in workers]
+        assert time.monotonic() < deadline, "the first epoch never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    for worker in workers:
+        worker.kill()
+        worker.wait()
+
+    results, weights = finish(start_workers(tmp_path, [output_dir, output_dir], settings), tmp_path)
+    steps_per_epoch = -(-12000 // 64)
+    for result in results:
+        assert result["epochs"][0] >= 1 and result["epochs"][-1] == 2  # continued, not restarted
+        assert result["optimizer_steps"] == 3 * steps_per_epoch  # Adam's state came back on both
+    assert_same_weights(weights)
 
 
 def run_main(arguments, env):
