@@ -64,7 +64,8 @@ class Placement:
     def describe(self):
         if self.mode == "none":
             return "one device"
-        return f"{self.mode}: {self.replicas} replicas ({', '.join(self.devices)}), this is {self.worker}"
+        replicas = f"{self.replicas} replica{'s' if self.replicas != 1 else ''} ({', '.join(self.devices)})"
+        return f"{self.mode}: {replicas}" + (f", this is {self.worker}" if self.mode == "multi-worker" else "")
 
 
 def place(mode, batch_size=None):
