@@ -673,11 +673,7 @@ def main(argv=None):
     }
     summary = summarize(results, matmul)
     report = {
-        "command": command,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "total_seconds": time.time() - started,
-        "settings": {key: value for key, value in vars(args).items() if not key.startswith("worker")},
-        "machine": machine_description(),
+        **run_record(args, command, started),
         "matmul_peak": matmul,
         "summary": summary,
         "results": results,
@@ -697,13 +693,21 @@ def main(argv=None):
           f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_time.png'}")
 
 
+def run_record(args, command, started):
+    """What every report says about the run itself: command, times, settings, machine."""
+    return {
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "total_seconds": time.time() - started,
+        "settings": {key: value for key, value in vars(args).items() if not key.startswith("worker")},
+        "machine": machine_description(),
+    }
+
+
 def report_backends(args, command, started):
     """--only-backends: the per-backend rows alone, in backends.md and backends.json."""
     backends = {name: run_worker(args, "backend", backend=name) for name in installed_backends()}
-    report = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-              "total_seconds": time.time() - started, "machine": machine_description(),
-              "settings": {key: value for key, value in vars(args).items() if not key.startswith("worker")},
-              "backends": backends}
+    report = {**run_record(args, command, started), "backends": backends}
     output_dir = Path(args.output_dir)
     (output_dir / "backends.json").write_text(json.dumps(report, indent=2))
     machine = report["machine"]

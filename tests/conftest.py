@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -57,3 +58,15 @@ def run_python(code, cwd=REPO, env=None, timeout=300):
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def wait_for_first_epoch(processes, output_dir, timeout=240):
+    """Return once a training run in `output_dir` has backed up its first epoch, and is
+    half a second into the next one; fail if a process ends or time runs out first."""
+    metadata = pathlib.Path(output_dir) / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + timeout
+    while not metadata.exists():
+        assert all(process.poll() is None for process in processes), [process.communicate() for process in processes]
+        assert time.monotonic() < deadline, "the first epoch never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch

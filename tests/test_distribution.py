@@ -8,12 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, run_python
+from conftest import REPO, SHARED_DATA, run_python, wait_for_first_epoch
 
 SMALL_RUN = "limit=512, epochs=1, batch_size=64, filters=8, hidden_units=32, iw_samples=4"
 
@@ -150,13 +149,7 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     output_dir = tmp_path / "shared"
     settings = "limit=12000, epochs=3, filters=8, hidden_units=32, iw_samples=2, plots=False, image_every=0"
     workers = start_workers(tmp_path, [output_dir, output_dir], settings)
-    metadata = output_dir / "backup" / "training_metadata.json"
-    deadline = time.monotonic() + 240
-    while not metadata.exists():
-        assert all(worker.poll() is None for worker in workers), [worker.communicate() for worker in workers]
-        assert time.monotonic() < deadline, "the first epoch never finished"
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
+    wait_for_first_epoch(workers, output_dir)
     for worker in workers:
         worker.kill()
         worker.wait()

@@ -6,14 +6,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 
 import keras
 import pytest
 
 import main
-from conftest import REPO, quick_config
+from conftest import REPO, quick_config, wait_for_first_epoch
 
 
 def command(output_dir, data_dir, *extra):
@@ -28,13 +27,7 @@ def start_and_wait_for_first_epoch(arguments):
     # (which ignores it, and a child would inherit that).
     process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    metadata = os.path.join(arguments[arguments.index("--output-dir") + 1], "backup", "training_metadata.json")
-    deadline = time.monotonic() + 240
-    while not os.path.exists(metadata):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the first epoch never finished"
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
+    wait_for_first_epoch([process], arguments[arguments.index("--output-dir") + 1])
     return process
 
 
