@@ -108,10 +108,10 @@ def _place_tensorflow(mode):
     if mode == "mirrored":
         # MirroredStrategy's default is every GPU, or only CPU:0 when there is none; a CPU
         # split into logical devices (tf.config.set_logical_device_configuration) is used whole.
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        strategy = tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
-        return Placement(mode, strategy.num_replicas_in_sync, strategy=strategy,
-                         devices=[device.name for device in devices])
+        devices = [device.name for device in
+                   tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+        return Placement(mode, strategy.num_replicas_in_sync, strategy=strategy, devices=devices)
 
     cluster = read_tf_config()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -155,5 +155,5 @@ def read_tf_config():
             raise IndexError(f"task index {task['index']} but {len(addresses)} {task['type']} addresses")
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise DistributionError(f"TF_CONFIG is not a valid cluster description ({error!r}); see README, "
-                         "Several GPUs or machines") from None
+                                "Several GPUs or machines") from None
     return cluster

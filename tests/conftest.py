@@ -70,3 +70,12 @@ def wait_for_first_epoch(processes, output_dir, timeout=240):
         assert time.monotonic() < deadline, "the first epoch never finished"
         time.sleep(0.05)
     time.sleep(0.5)  # into the second epoch
+
+
+def run_main(arguments, env=None, timeout=120):
+    """`python main.py ARGUMENTS` in the repository, with `env` added to the environment
+    (TF_CONFIG is never inherited: a stray one would turn the run into a cluster worker)."""
+    environment = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *arguments], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=timeout)

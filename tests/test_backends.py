@@ -2,14 +2,11 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python
+from conftest import REPO, run_main, run_python
 
 BACKENDS = [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
 
@@ -20,12 +17,9 @@ def runs(mnist_dir, tmp_path_factory):
     folders = {}
     for backend in BACKENDS:
         folder = tmp_path_factory.mktemp(backend)
-        environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        result = subprocess.run(
-            [sys.executable, str(REPO / "main.py"), "--data-dir", mnist_dir, "--output-dir", str(folder),
-             "--limit", "512", "--epochs", "1", "--filters", "8", "--hidden-units", "32", "--iw-samples", "4"],
-            env=environment, capture_output=True, text=True, timeout=300,
-        )
+        result = run_main(["--data-dir", mnist_dir, "--output-dir", str(folder), "--limit", "512", "--epochs", "1",
+                           "--filters", "8", "--hidden-units", "32", "--iw-samples", "4"],
+                          env={"KERAS_BACKEND": backend}, timeout=300)
         assert result.returncode == 0, f"{backend}: {result.stderr[-3000:]}"
         folders[backend] = folder
     return folders

@@ -1,17 +1,15 @@
 """The command line: documented flags, refused bad values, one-line errors."""
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 
 import main
-from conftest import REPO
+from conftest import run_main
 
 
 def test_help_documents_every_setting_with_its_default():
-    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_main(["--help"])
     assert result.returncode == 0
     for config_field in dataclasses.fields(main.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
@@ -36,8 +34,7 @@ def test_bad_values_are_refused_with_usage(arguments, capsys):
 
 
 def test_bad_data_dir_gives_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, "main.py", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_main(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
     assert "Traceback" not in result.stderr

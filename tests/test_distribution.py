@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, run_python, wait_for_first_epoch
+from conftest import REPO, SHARED_DATA, run_main, run_python, wait_for_first_epoch
 
 SMALL_RUN = "limit=512, epochs=1, batch_size=64, filters=8, hidden_units=32, iw_samples=4"
 
@@ -160,13 +160,6 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
         assert result["epochs"][0] >= 1 and result["epochs"][-1] == 2  # continued, not restarted
         assert result["optimizer_steps"] == 3 * steps_per_epoch  # Adam's state came back on both
     assert_same_weights(weights)
-
-
-def run_main(arguments, env):
-    environment = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
-    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **env})
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *arguments], env=environment,
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("tf_config, message", [
