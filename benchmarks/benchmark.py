@@ -405,33 +405,16 @@ def installed_backends():
 
 def run_backend_worker(args):
     """The default model for a few epochs on the backend this process runs (KERAS_BACKEND)."""
-    import keras
-
-    import data
-    import main
-
-    config = main.Config(data_dir=args.data_dir, limit=args.backend_images, epochs=args.backend_epochs,
-                         **({"seed": args.seed} if args.seed is not None else {}))
-    keras.utils.set_random_seed(config.seed)
-    (train_images, _), (test_images, _) = main.load_images(config)
-    model = main.make_model(config, len(train_images))
-    clock = make_epoch_clock()
-    print(f"[{keras.backend.backend()}] default model, {len(train_images)} training images, "
-          f"{config.epochs} epochs", flush=True)
-    model.fit(data.make_dataset(train_images, config.batch_size, shuffle=True, seed=config.seed),
-              validation_data=data.make_dataset(test_images, config.batch_size), epochs=config.epochs,
-              callbacks=[clock], shuffle=False, verbose=2)
-    epochs = clock.epochs
+    settings = argparse.Namespace(**{**vars(args), "limit": args.backend_images, "epochs_default": args.backend_epochs})
+    result = run_training_worker("default", settings)
+    epochs = result["epochs"]
     last_epoch_seconds = epochs[-1]["seconds"] - (epochs[-2]["seconds"] if len(epochs) > 1 else 0.0)
     return {
-        "backend": keras.backend.backend(),
-        "versions": _versions(),
-        "train_images": len(train_images),
-        "epochs": epochs,
+        **result,
+        "backend": result["versions"]["backend"],
         "seconds_per_epoch": last_epoch_seconds,
-        "train_images_per_second": len(train_images) / last_epoch_seconds,
+        "train_images_per_second": result["train_images"] / last_epoch_seconds,
         "final_val_loss": epochs[-1]["val_loss"],
-        "peak_memory_mib": _peak_memory_mib(),
     }
 
 
@@ -467,6 +450,9 @@ def make_epoch_clock():
             self.start, self.validation_seconds, self.epochs = time.perf_counter(), 0.0, []
 
         def on_test_begin(self, logs=None):
+            # Wait for the epoch's last training step: JAX dispatches steps asynchronously,
+            # and its training time would otherwise be counted as validation.
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
             self.test_start = time.perf_counter()
 
         def on_test_end(self, logs=None):
