@@ -1,10 +1,10 @@
 """Train a convolutional Variational Autoencoder (VAE) on MNIST.
 
     python main.py                                  # MNIST via Keras' download cache
-    python main.py --data-dir ../shared/data/mnist  # offline, from the original IDX files
+    python main.py --data-dir path/to/mnist         # offline, from the four original IDX files
     python main.py --dataset fashion_mnist --conditional   # clothes, one decoder per class
     python main.py --evaluate-only                  # evaluate and plot the saved model again
-    python main.py --distribute mirrored            # every local GPU (see README for machines)
+    python main.py --distribute mirrored            # every local GPU (docs/distributed.md: machines)
     KERAS_BACKEND=jax python main.py                # or torch: the same program on another backend
     python main.py --help                           # every setting and its default
 
@@ -23,21 +23,22 @@ Outputs (under --output-dir, default here):
     plots/*.png                      latent space, manifold, reconstructions, samples, ...
     backup/                          state of an unfinished run; the same command resumes it
 
-The sections below follow the program: Config, Data, Model, Training, Evaluation,
-Saving, Plots, Command line. Data loading, the model, the evaluation, the plots and
---distribute live in data.py, vae.py, evaluation.py, plotting.py and distribution.py
-beside this file.
+This file is the settings, the command line and the story of a run, in the order the
+program runs: Config (every setting, and the flags made from it), Data, Model, Training
+(`train`; `evaluate_saved_model` for --evaluate-only), Evaluation (`report`), Plots and
+Command line (`main`). The parts it tells the story with live beside it: data.py (reading
+and checking the images), vae.py (the model), callbacks.py (the Keras callbacks of a run),
+run_folder.py (the output folder's lock, resuming, and saves that are never half-written),
+evaluation.py, plotting.py and distribution.py (--distribute).
 """
 
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,22 +46,23 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-try:
-    import fcntl  # file locks, to keep two runs out of one output folder (POSIX only)
-except ImportError:
-    fcntl = None
-
 import data
 import distribution
 import evaluation
 import plotting
+from callbacks import AtomicModelCheckpoint, FiniteBackupAndRestore, KLSchedule, TensorBoardImages, all_finite
 from data import DataError
+from run_folder import (RunError, check_writable, load_model_file, output_lock, prepare_run, read_metrics,
+                        save_models, write_atomically)
 from vae import VAE, Sampling, build_vae  # noqa: F401  (registers the classes for loading)
 
 
-# ---------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------
+"""
+## Config
+
+One dataclass holds every setting, each with a comment on why it has its value.
+`parse_args` makes a command-line flag of each field, with that comment as its help.
+"""
 
 
 def positive_int(text):
@@ -158,9 +160,11 @@ def parse_args(argv=None):
     return config
 
 
-# ---------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------
+"""
+## Data
+
+The images, padded to --image-size and scaled to [0, 1]; data.py reads and checks the files.
+"""
 
 
 def load_images(config):
@@ -171,9 +175,12 @@ def load_images(config):
     return (train_images, y_train), (test_images, y_test)
 
 
-# ---------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------
+"""
+## Model
+
+The encoder, the decoder and the VAE that joins them are in vae.py; here they take
+their sizes from the config, and Adam its step size.
+"""
 
 
 def build_model(config):
@@ -200,154 +207,18 @@ def make_model(config, train_size):
     return vae
 
 
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
+"""
+## Training
 
-# Settings that change what the weights mean: a backup made with other values must not
-# be loaded into this model.
-RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "conditional",
-                   "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
-
-
-class RunError(ValueError):
-    """A problem with the run's setup that the user can fix; main() prints it in one line."""
+`train` is the whole run: place it on the devices, lock the output folder, load the
+data, build the model, resume or start the run, fit it with the callbacks of callbacks.py,
+then save, evaluate and plot. The folder's lock, the resume and the saves are in
+run_folder.py. `evaluate_saved_model` is the same ending for a model saved earlier.
+"""
 
 
 class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
-
-
-def all_finite(logs):
-    """False once any logged loss is NaN or infinite: the weights can no longer be trusted."""
-    return all(math.isfinite(value) for value in (logs or {}).values())
-
-
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ModelCheckpoint, but the file is replaced only by a complete new file.
-
-    Keras writes to a temporary name beside the target, which is then renamed over it:
-    a crash mid-save leaves the previous checkpoint intact.
-    """
-
-    def __init__(self, filepath, **kwargs):
-        self.final_path = filepath
-        super().__init__(partial_model_path(filepath), **kwargs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.filepath)  # a leftover from a crash is not this epoch's save
-        if not all_finite(logs):
-            return  # weights from a diverging epoch never replace a checkpoint
-        super().on_epoch_end(epoch, logs)
-        if os.path.exists(self.filepath):
-            os.replace(self.filepath, self.final_path)
-
-
-class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN.
-
-    With write=False (multi-worker, every worker but the chief) it only restores the
-    chief's backup at the start, so that all workers resume from the same epoch.
-    """
-
-    def __init__(self, backup_dir, write=True, **kwargs):
-        super().__init__(backup_dir, delete_checkpoint=write, **kwargs)
-        self.write = write
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.write and all_finite(logs):
-            super().on_epoch_end(epoch, logs)
-
-
-def prepare_run(config, write=True):
-    """Find or start the run: a backup's settings must match this config; returns its name
-    and whether it resumes. With write=False (not the chief) nothing is written or removed."""
-    backup_dir = os.path.join(config.output_dir, "backup")
-    run_file = os.path.join(backup_dir, "run.json")
-    settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
-    if config.fresh and write:
-        shutil.rmtree(backup_dir, ignore_errors=True)
-    if os.path.exists(run_file):
-        try:
-            with open(run_file) as file:
-                previous = json.load(file)
-        except (OSError, ValueError) as error:
-            raise RunError(f"{run_file}: unreadable ({error}); add --fresh to start over") from None
-        if previous["settings"] != settings:
-            changed = ", ".join(
-                f"{name} {previous['settings'].get(name)} -> {value}"
-                for name, value in settings.items()
-                if previous["settings"].get(name) != value
-            )
-            raise RunError(
-                f"{backup_dir} holds an unfinished run with other settings ({changed}). "
-                "Add --fresh to discard it and start over, or use another --output-dir."
-            )
-        return previous["run_name"], True
-    run_name = config.run_name or "{}{}-latent{}-{}".format(
-        config.dataset, "-conditional" if config.conditional else "", config.latent_dim,
-        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
-    )
-    if not write:
-        return run_name, False
-    os.makedirs(backup_dir, exist_ok=True)
-    write_atomically(run_file, json.dumps({"run_name": run_name, "settings": settings}, indent=2))
-    return run_name, False
-
-
-class KLSchedule(keras.callbacks.Callback):
-    """Sets the KL weight for each epoch, beta * min(1, epoch / warmup_epochs), and logs it.
-
-    Epoch 0 of a 2-epoch warm-up trains with weight 0, epoch 1 with beta / 2, then beta.
-    """
-
-    def __init__(self, beta, warmup_epochs):
-        super().__init__()
-        self.beta, self.warmup_epochs = beta, warmup_epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        fraction = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
-        self.model.kl_weight.assign(self.beta * fraction)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:  # shown in the progress bar, the history and TensorBoard
-            logs["kl_weight"] = float(keras.ops.convert_to_numpy(self.model.kl_weight))
-
-
-class TensorBoardImages(keras.callbacks.Callback):
-    """Every `every` epochs, pictures in TensorBoard's Images tab: reconstructions of fixed
-    test images, samples from the prior (fixed z) and the latent-space scatter."""
-
-    def __init__(self, log_dir, images, labels, class_names, every, seed):
-        super().__init__()
-        self.log_dir, self.images, self.labels = log_dir, images, labels
-        self.class_names, self.every, self.seed = class_names, every, seed
-        self.writer = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        import tensorflow as tf  # TensorBoard's writer; the rest of the program is backend-neutral
-
-        encoder, decoder = self.model.encoder, self.model.decoder
-        z_mean = plotting.encode(encoder, self.images, self.labels)
-        shown = slice(0, 16)
-        reconstructions = plotting.decode(decoder, z_mean[shown], self.labels[shown])
-        side_by_side = np.concatenate([self.images[shown], reconstructions], axis=2)
-        samples = plotting.prior_samples(decoder, 16, seed=self.seed)
-        scatter = plotting.figure_png(plotting.latent_space_figure(z_mean, self.labels, self.class_names))
-        if self.writer is None:
-            self.writer = tf.summary.create_file_writer(self.log_dir)
-        with self.writer.as_default(step=epoch):
-            tf.summary.image("reconstructions (original | reconstruction)", side_by_side, max_outputs=16)
-            tf.summary.image("samples from the prior", samples, max_outputs=16)
-            tf.summary.image("latent space", tf.image.decode_png(scatter)[None])
-        self.writer.flush()
-
-    def on_train_end(self, logs=None):
-        if self.writer is not None:
-            self.writer.close()
 
 
 def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
@@ -458,9 +329,12 @@ def evaluate_saved_model(config):
     return vae
 
 
-# ---------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------
+"""
+## Evaluation
+
+The test negative ELBO and importance-weighted NLL of evaluation.py: printed, written
+to models/metrics.json and logged to TensorBoard.
+"""
 
 
 def report(vae, config, test_images, test_labels, run_name, training):
@@ -491,89 +365,12 @@ def report(vae, config, test_images, test_labels, run_name, training):
     return metrics
 
 
-def read_metrics(output_dir):
-    path = os.path.join(output_dir, "models", "metrics.json")
-    with contextlib.suppress(OSError, ValueError):
-        with open(path) as file:
-            return json.load(file)
-    return {}
 
+"""
+## Plots
 
-# ---------------------------------------------------------------------------------------
-# Saving
-# ---------------------------------------------------------------------------------------
-
-
-def check_writable(output_dir):
-    """Fail before training, not after it, if the outputs cannot be written."""
-    for folder in (output_dir, *(os.path.join(output_dir, name) for name in ("models", "logs", "plots"))):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise RunError(f"{folder} is a file, but outputs go into a folder there; choose another --output-dir")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            probe = os.path.join(folder, f".write-test-{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-        except OSError as error:
-            raise RunError(f"cannot write to {folder} ({error.strerror}); choose another --output-dir") from None
-
-
-@contextlib.contextmanager
-def output_lock(output_dir):
-    """One run per output folder. The OS drops the lock when its process dies, even by SIGKILL."""
-    with open(os.path.join(output_dir, ".lock"), "w") as lock_file:
-        if fcntl:  # not on Windows: there, runs are not guarded against each other
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunError(
-                    f"another run is using {output_dir}; wait for it to finish or choose another --output-dir"
-                ) from None
-        yield
-
-
-def write_atomically(path, text):
-    partial = path + ".partial"
-    with open(partial, "w") as file:
-        file.write(text)
-    os.replace(partial, path)
-
-
-def partial_model_path(path):
-    """A hidden temporary name beside `path`; Keras insists on the .keras suffix."""
-    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial.keras")
-
-
-def save_model(model, path):
-    """Save to a temporary file beside `path`, then rename: never a half-written model."""
-    partial = partial_model_path(path)
-    model.save(partial)
-    os.replace(partial, path)
-
-
-def save_models(vae, models_dir):
-    os.makedirs(models_dir, exist_ok=True)
-    save_model(vae, os.path.join(models_dir, "vae.keras"))
-    save_model(vae.encoder, os.path.join(models_dir, "encoder.keras"))
-    save_model(vae.decoder, os.path.join(models_dir, "decoder.keras"))
-    print(f"Saved vae.keras, encoder.keras and decoder.keras in {models_dir}")
-
-
-def load_model_file(path):
-    """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken file."""
-    if not os.path.exists(path):
-        raise RunError(f"{path}: no saved model there; train one first with python main.py")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # zip, HDF5 and config errors all mean the same to the user
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RunError(f"{path}: not a readable Keras model file ({reason}); train again or restore it") from None
-
-
-# ---------------------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------------------
+The PNG plots of plotting.py, in plots/ under --output-dir.
+"""
 
 
 def draw_plots(vae, config, test_images, test_labels):
@@ -583,9 +380,12 @@ def draw_plots(vae, config, test_images, test_labels):
     print(f"Plots in {plots_dir}")
 
 
-# ---------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------
+"""
+## Command line
+
+`python main.py`: the flags, then a training run (or --evaluate-only). A mistake the
+user can fix ends in one line, `error: ...`, with exit status 1.
+"""
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras
-from benchmarks import benchmark
+from benchmarks import benchmark, flops, reports, workers
 from keras import layers
 
 
@@ -23,7 +23,7 @@ def test_flops_of_conv_transposed_conv_and_dense_match_a_hand_count():
     transposed = 3 * 2 * 4 * 2 * (4 * 3)  # kernel h x w x in channels x filters, per INPUT position
     dense = 96 * 5
     assert (conv, transposed, dense) == (1296, 576, 480)
-    total, per_layer = benchmark.forward_flops(model)
+    total, per_layer = flops.forward_flops(model)
     assert total == 2 * (1296 + 576 + 480) == 4704
     assert sorted(per_layer.values()) == [2 * 480, 2 * 576, 2 * 1296]
 
@@ -31,11 +31,11 @@ def test_flops_of_conv_transposed_conv_and_dense_match_a_hand_count():
 def test_dense_on_a_sequence_counts_every_position():
     inputs = keras.Input(shape=(7, 3))
     model = keras.Model(inputs, layers.Dense(4)(inputs))
-    assert benchmark.forward_flops(model)[0] == 2 * 7 * 3 * 4
+    assert flops.forward_flops(model)[0] == 2 * 7 * 3 * 4
 
 
 def test_baseline_shapes_and_flops():
-    model = benchmark.build_baseline(seed=0)
+    model = workers.build_baseline(seed=0)
     assert [tuple(output.shape) for output in model.encoder.outputs] == [(None, 2), (None, 2)]
     assert tuple(model.decoder.output.shape) == (None, 32, 32, 1)
     assert model.decoder.get_layer("logits").filters == 1
@@ -44,7 +44,7 @@ def test_baseline_shapes_and_flops():
 
     encoder = 16 * 16 * 9 * 1 * 32 + 8 * 8 * 9 * 32 * 64 + 4096 * 16 + 2 * 16 * 2
     decoder = 2 * 4096 + 8 * 8 * 9 * 64 * 64 + 16 * 16 * 9 * 64 * 32 + 32 * 32 * 9 * 32 * 1
-    forward, training, per_layer = benchmark.vae_flops(model)
+    forward, training, per_layer = flops.vae_flops(model)
     # The VAE's decoder_logits shares the decoder's layers: they must count once.
     assert forward == 2 * (encoder + decoder) == 17_399_936
     assert training == 3 * forward
@@ -63,18 +63,18 @@ CURVE = [(10.0, 200.0), (20.0, 150.0), (30.0, 120.0), (40.0, 125.0)]
     (119.9, None),   # never reached
 ])
 def test_seconds_to_reach(target, expected):
-    result = benchmark.seconds_to_reach(CURVE, target)
+    result = reports.seconds_to_reach(CURVE, target)
     assert result == expected if expected is None else math.isclose(result, expected)
 
 
 @pytest.mark.parametrize("budget, expected", [(5.0, None), (10.0, 200.0), (29.9, 150.0), (35.0, 120.0), (99.0, 125.0)])
 def test_value_within_budget_is_the_last_finished_epoch(budget, expected):
-    assert benchmark.value_within(CURVE, budget) == expected
+    assert reports.value_within(CURVE, budget) == expected
 
 
 def test_steady_epoch_seconds_leaves_out_the_first_epoch():
-    assert benchmark.steady_epoch_seconds([30.0, 40.0, 52.0, 61.0]) == 10.0  # durations 30, 10, 12, 9
-    assert benchmark.steady_epoch_seconds([30.0]) == 30.0
+    assert reports.steady_epoch_seconds([30.0, 40.0, 52.0, 61.0]) == 10.0  # durations 30, 10, 12, 9
+    assert reports.steady_epoch_seconds([30.0]) == 30.0
 
 
 def _fake_result(seconds, values, train_images=6000):
@@ -91,7 +91,7 @@ def test_summary_and_table_from_made_up_runs():
         "baseline": _fake_result([5.0, 10.0, 15.0, 20.0], [200.0, 170.0, 160.0, 155.0]),
     }
     matmul = {"float32": {"gflops": 100.0}, "bfloat16": {"gflops": 50.0}}
-    summary = benchmark.summarize(results, matmul)
+    summary = reports.summarize(results, matmul)
     assert summary["budget_seconds"] == 20.0
     assert summary["baseline_final_val_loss"] == 155.0
     default, baseline = summary["models"]["default"], summary["models"]["baseline"]
@@ -105,7 +105,7 @@ def test_summary_and_table_from_made_up_runs():
     assert math.isclose(default["percent_of_fp32_matmul_peak"], 36.0)
 
     results["baseline"]["epochs"][-1]["val_loss"] = 100.0  # now the default never gets there
-    table = benchmark.markdown_table(results, benchmark.summarize(results, matmul))
+    table = reports.markdown_table(results, reports.summarize(results, matmul))
     lines = table.splitlines()
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert lines[2].startswith("| default |") and "not reached" in lines[2]
@@ -126,11 +126,11 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     import keras
 
     args = benchmark.parse_args(["--data-dir", mnist_dir, "--backend-images", "300", "--backend-epochs", "2"])
-    result = benchmark.run_backend_worker(args)
+    result = workers.run_backend_worker(args)
     assert result["backend"] == keras.backend.backend() and result["train_images"] == 300
     assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
     assert math.isclose(result["train_images_per_second"], 300 / result["seconds_per_epoch"])
-    table = benchmark.backends_table({"tensorflow": result, "jax": {**result, "versions": {"jax": "0.1"}}})
+    table = reports.backends_table({"tensorflow": result, "jax": {**result, "versions": {"jax": "0.1"}}})
     lines = table.splitlines()
     assert len(lines) == 4 and lines[3].startswith("| jax | 0.1 | 300 |")
     assert all(line.count("|") == lines[0].count("|") for line in lines)

@@ -12,6 +12,7 @@ import keras
 import pytest
 
 import main
+import run_folder
 from conftest import REPO, quick_config, wait_for_first_epoch
 
 
@@ -88,7 +89,7 @@ def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
 def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = str(tmp_path / "model.keras")
-    main.save_model(model, path)
+    run_folder.save_model(model, path)
     before = digest(tmp_path / "model.keras")
 
     def crash_half_way(self, filepath, *args, **kwargs):
@@ -98,7 +99,7 @@ def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
-        main.save_model(model, path)
+        run_folder.save_model(model, path)
     assert digest(tmp_path / "model.keras") == before
 
 
@@ -136,11 +137,11 @@ def test_read_only_output_is_refused_before_training(tmp_path):
 
 
 def test_second_run_in_the_same_folder_is_refused(tmp_path, mnist_dir):
-    with main.output_lock(str(tmp_path)):
+    with run_folder.output_lock(str(tmp_path)):
         with pytest.raises(main.RunError, match="another run is using"):
             main.train(quick_config(tmp_path, mnist_dir))
     # Released when the first run ends: the folder is usable again.
-    with main.output_lock(str(tmp_path)):
+    with run_folder.output_lock(str(tmp_path)):
         pass
 
 

@@ -1,0 +1,118 @@
+"""FLOPs counted from a model's layer shapes, and the matrix-multiply peak they are measured against.
+
+The benchmark divides the FLOPs a training step does per image by the seconds it takes,
+and compares that with the GFLOP/s of one large matrix multiply on the same machine.
+"""
+
+import math
+import time
+
+MATMUL_SIZE = 2048
+
+
+TRAINING_FLOPS_PER_FORWARD = 3  # forward + backward (gradients for inputs and weights) ~ 3x forward
+
+
+# ---------------------------------------------------------------------------------------
+# FLOPs from layer shapes
+# ---------------------------------------------------------------------------------------
+
+
+def _spatial(shape, data_format):
+    """Product of the spatial sizes of a (batch, ..., channels) or (batch, channels, ...) shape."""
+    dims = shape[1:-1] if data_format == "channels_last" else shape[2:]
+    return math.prod(dims)
+
+
+def _channels(shape, data_format):
+    return shape[-1] if data_format == "channels_last" else shape[1]
+
+
+def layer_multiply_adds(layer):
+    """Multiply-adds of one image through `layer`: Conv2D, Conv2DTranspose and Dense; else 0.
+
+    Conv2D: kernel height x width x input channels (per group) x filters, once per OUTPUT
+    position. Conv2DTranspose: kernel height x width x input channels x filters, once per
+    INPUT position (each input pixel scatters one kernel). Dense: inputs x units, once per
+    position of any leading non-batch axes. Biases and activations are not counted.
+    """
+    from keras import layers
+
+    if isinstance(layer, layers.Conv2DTranspose):
+        kernel_h, kernel_w = layer.kernel_size
+        in_shape = tuple(layer.input.shape)
+        return kernel_h * kernel_w * _channels(in_shape, layer.data_format) * layer.filters * _spatial(in_shape, layer.data_format)
+    if isinstance(layer, layers.Conv2D):
+        kernel_h, kernel_w = layer.kernel_size
+        in_shape, out_shape = tuple(layer.input.shape), tuple(layer.output.shape)
+        in_channels = _channels(in_shape, layer.data_format) // layer.groups
+        return kernel_h * kernel_w * in_channels * layer.filters * _spatial(out_shape, layer.data_format)
+    if isinstance(layer, layers.Dense):
+        in_shape = tuple(layer.input.shape)
+        return in_shape[-1] * layer.units * math.prod(in_shape[1:-1])
+    return 0
+
+
+def _walk_layers(models):
+    """Every layer of the given models, nested models opened, each shared layer once."""
+    import keras
+
+    seen, stack = set(), list(reversed(models))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            stack.extend(reversed(layer.layers))
+        else:
+            yield layer
+
+
+def forward_flops(*models):
+    """FLOPs (2 per multiply-add) of one image's forward pass through `models`, per layer too.
+
+    Returns (total, {layer name: FLOPs}) counting only layers that do multiply-adds.
+    """
+    per_layer = {}
+    for layer in _walk_layers(models):
+        flops = 2 * layer_multiply_adds(layer)
+        if flops:
+            name = layer.name
+            while name in per_layer:
+                name += "_"
+            per_layer[name] = flops
+    return sum(per_layer.values()), per_layer
+
+
+def vae_flops(vae):
+    """(forward FLOPs per image, training FLOPs per image, per-layer forward FLOPs) of a VAE."""
+    forward, per_layer = forward_flops(vae.encoder, vae.decoder)
+    return forward, TRAINING_FLOPS_PER_FORWARD * forward, per_layer
+
+
+# ---------------------------------------------------------------------------------------
+# The peak: one large matrix multiply
+# ---------------------------------------------------------------------------------------
+
+
+def matmul_gflops(dtype, size=MATMUL_SIZE, min_seconds=2.0, min_repetitions=3):
+    """GFLOP/s of a size x size tf.matmul in a tf.function: warmed up, then timed over repetitions."""
+    import tensorflow as tf
+
+    generator = tf.random.Generator.from_seed(0)
+    a = tf.cast(generator.normal((size, size)), dtype)
+    b = tf.cast(generator.normal((size, size)), dtype)
+
+    @tf.function
+    def product(a, b):
+        return tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32))  # a scalar: waits for the result
+
+    for _ in range(2):  # trace, then one untimed run
+        product(a, b).numpy()
+    repetitions, start = 0, time.perf_counter()
+    while repetitions < min_repetitions or time.perf_counter() - start < min_seconds:
+        product(a, b).numpy()
+        repetitions += 1
+    seconds = (time.perf_counter() - start) / repetitions
+    return {"gflops": 2 * size**3 / seconds / 1e9, "seconds_per_matmul": seconds, "repetitions": repetitions}

@@ -1,0 +1,210 @@
+"""The benchmark's workers: each runs in its own Python process and returns a JSON-able result.
+
+`benchmark.py` starts `python benchmarks/benchmark.py --worker NAME` once per row, so that
+each training has the whole process (its peak memory, its threads, its Keras backend).
+
+- a training worker trains "default" (this program's model) or "baseline" (the Keras
+  example's), timing every epoch with validation left out;
+- a backend worker trains the default model briefly on the backend its process runs;
+- the matmul worker measures the float32 and bfloat16 matrix-multiply peaks.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import resource
+import sys
+import time
+
+from benchmarks.flops import MATMUL_SIZE, matmul_gflops, vae_flops
+
+MODELS = ("default", "baseline")
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# The Keras documentation's VAE example (keras.io/examples/generative/vae), on 32x32 input.
+BASELINE = dict(image_size=32, latent_dim=2, filters=(32, 64), hidden_units=16, batch_size=128,
+                learning_rate=1e-3, epochs=30)
+
+
+# ---------------------------------------------------------------------------------------
+# The baseline model
+# ---------------------------------------------------------------------------------------
+
+
+def build_baseline(image_size=BASELINE["image_size"], latent_dim=BASELINE["latent_dim"], seed=None):
+    """The Keras example's encoder and decoder, adapted to 32x32, inside this project's VAE."""
+    import keras
+    from keras import layers
+
+    import vae as vae_module
+
+    small, large = BASELINE["filters"]
+    base_size = image_size // 4
+    inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
+    x = layers.Conv2D(small, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = layers.Conv2D(large, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(BASELINE["hidden_units"], activation="relu")(x)
+    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    encoder = keras.Model(inputs, [z_mean, z_log_var], name="encoder")
+
+    latent_inputs = keras.Input(shape=(latent_dim,), name="z")
+    x = layers.Dense(base_size * base_size * large, activation="relu")(latent_inputs)
+    x = layers.Reshape((base_size, base_size, large))(x)
+    x = layers.Conv2DTranspose(large, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2DTranspose(small, 3, strides=2, padding="same", activation="relu")(x)
+    logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits")(x)
+    image = layers.Activation("sigmoid", name="image")(logits)
+    decoder = keras.Model(latent_inputs, image, name="decoder")
+
+    model = vae_module.VAE(encoder, decoder, seed=seed, name="baseline_vae")
+    model(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# What every worker reports about itself
+# ---------------------------------------------------------------------------------------
+
+
+def _versions():
+    import keras
+    import tensorflow as tf
+
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+                "gpus": [device.name for device in tf.config.list_physical_devices("GPU")]}
+    if keras.backend.backend() != "tensorflow":
+        versions[keras.backend.backend()] = importlib.import_module(keras.backend.backend()).__version__
+    return versions
+
+
+def installed_backends():
+    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+def _peak_memory_mib():
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# ---------------------------------------------------------------------------------------
+# Training workers
+# ---------------------------------------------------------------------------------------
+
+
+def make_epoch_clock():
+    """A Keras callback recording, at each epoch end, training seconds with validation excluded."""
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start, self.validation_seconds, self.epochs = time.perf_counter(), 0.0, []
+
+        def on_test_begin(self, logs=None):
+            # Wait for the epoch's last training step: JAX dispatches steps asynchronously,
+            # and its training time would otherwise be counted as validation.
+            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
+            self.test_start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.last_validation = time.perf_counter() - self.test_start
+            self.validation_seconds += self.last_validation
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.last_validation = 0.0
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            self.epochs.append({
+                "epoch": epoch + 1,
+                "seconds": now - self.start - self.validation_seconds,
+                "wall_seconds": now - self.start,
+                "validation_seconds": self.last_validation,
+                **{key: float(value) for key, value in (logs or {}).items()},
+            })
+
+    return EpochClock()
+
+
+def run_training_worker(name, args):
+    import keras
+
+    import data
+    import main
+
+    overrides = {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed}
+    config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
+    keras.utils.set_random_seed(config.seed)
+    (train_images, _), (test_images, _) = main.load_images(config)
+    if name == "default":
+        epochs = args.epochs_default or config.epochs
+        # The learning-rate schedule spans the epochs actually run.
+        config = dataclasses.replace(config, epochs=epochs)
+        model = main.make_model(config, len(train_images))
+        batch_size = config.batch_size
+        description = (f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
+                       f"{config.hidden_units}, latent {config.latent_dim}, batch {config.batch_size}, Adam "
+                       f"{config.learning_rate:g}{' with cosine decay' if config.cosine_decay else ''}")
+    else:
+        keras.config.set_dtype_policy("float32")
+        epochs = args.epochs_baseline or BASELINE["epochs"]
+        model = build_baseline(config.image_size, BASELINE["latent_dim"], seed=config.seed)
+        model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
+        batch_size = BASELINE["batch_size"]
+        description = (f"Keras example's VAE on 32x32: Conv2D {BASELINE['filters'][0]}/{BASELINE['filters'][1]}, dense "
+                       f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, Adam "
+                       f"{BASELINE['learning_rate']:g}")
+    description += f", {epochs} epochs, compute dtype {model.encoder.layers[1].compute_dtype}"
+    forward, training, per_layer = vae_flops(model)
+
+    train_dataset = data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed)
+    test_dataset = data.make_dataset(test_images, batch_size)
+    clock = make_epoch_clock()
+    print(f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images", flush=True)
+    model.fit(train_dataset, validation_data=test_dataset, epochs=epochs, callbacks=[clock], shuffle=False, verbose=2)
+    return {
+        "name": name,
+        "description": description,
+        "config": {**vars(config), "epochs": epochs, "batch_size": batch_size},
+        "parameters": int(model.count_params()),
+        "train_images": len(train_images),
+        "test_images": len(test_images),
+        "batch_size": batch_size,
+        "forward_flops_per_image": forward,
+        "train_flops_per_image": training,
+        "flops_per_layer": per_layer,
+        "epochs": clock.epochs,
+        "peak_memory_mib": _peak_memory_mib(),
+        "versions": _versions(),
+    }
+
+
+def run_backend_worker(args):
+    """The default model for a few epochs on the backend this process runs (KERAS_BACKEND)."""
+    settings = argparse.Namespace(**{**vars(args), "limit": args.backend_images, "epochs_default": args.backend_epochs})
+    result = run_training_worker("default", settings)
+    epochs = result["epochs"]
+    last_epoch_seconds = epochs[-1]["seconds"] - (epochs[-2]["seconds"] if len(epochs) > 1 else 0.0)
+    return {
+        **result,
+        "backend": result["versions"]["backend"],
+        "seconds_per_epoch": last_epoch_seconds,
+        "train_images_per_second": result["train_images"] / last_epoch_seconds,
+        "final_val_loss": epochs[-1]["val_loss"],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The matmul worker
+# ---------------------------------------------------------------------------------------
+
+
+def run_matmul_worker(args):
+    min_seconds = 1.0 if args.quick else 3.0
+    return {"size": MATMUL_SIZE, "float32": matmul_gflops("float32", min_seconds=min_seconds),
+            "bfloat16": matmul_gflops("bfloat16", min_seconds=min_seconds), "versions": _versions()}

@@ -1,0 +1,157 @@
+"""The run's folder: one run at a time, resumable, and never a half-written file.
+
+Everything `main.py` writes under --output-dir passes through here:
+
+- `check_writable` refuses an unusable folder before training, not after the last epoch;
+- `output_lock` keeps a second run out of a folder that one is using;
+- `prepare_run` finds the unfinished run that backup/ holds (refusing one made with other
+  settings) or names a new one;
+- `save_model`, `save_models` and `write_atomically` write to a temporary name and rename,
+  so a crash mid-save leaves the previous file whole;
+- `load_model_file` and `read_metrics` read back what an earlier run saved.
+"""
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+
+import keras
+
+try:
+    import fcntl  # file locks, to keep two runs out of one output folder (POSIX only)
+except ImportError:
+    fcntl = None
+
+
+class RunError(ValueError):
+    """A problem with the run's setup that the user can fix; main() prints it in one line."""
+
+
+# ---------------------------------------------------------------------------------------
+# Before a run: the folder is writable, free, and holds no run with other settings
+# ---------------------------------------------------------------------------------------
+
+
+def check_writable(output_dir):
+    """Fail before training, not after it, if the outputs cannot be written."""
+    for folder in (output_dir, *(os.path.join(output_dir, name) for name in ("models", "logs", "plots"))):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise RunError(f"{folder} is a file, but outputs go into a folder there; choose another --output-dir")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as error:
+            raise RunError(f"cannot write to {folder} ({error.strerror}); choose another --output-dir") from None
+
+
+@contextlib.contextmanager
+def output_lock(output_dir):
+    """One run per output folder. The OS drops the lock when its process dies, even by SIGKILL."""
+    with open(os.path.join(output_dir, ".lock"), "w") as lock_file:
+        if fcntl:  # not on Windows: there, runs are not guarded against each other
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(
+                    f"another run is using {output_dir}; wait for it to finish or choose another --output-dir"
+                ) from None
+        yield
+
+
+# Settings that change what the weights mean: a backup made with other values must not
+# be loaded into this model.
+RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "conditional",
+                   "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
+
+
+def prepare_run(config, write=True):
+    """Find or start the run: a backup's settings must match this config; returns its name
+    and whether it resumes. With write=False (not the chief) nothing is written or removed."""
+    backup_dir = os.path.join(config.output_dir, "backup")
+    run_file = os.path.join(backup_dir, "run.json")
+    settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
+    if config.fresh and write:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    if os.path.exists(run_file):
+        try:
+            with open(run_file) as file:
+                previous = json.load(file)
+        except (OSError, ValueError) as error:
+            raise RunError(f"{run_file}: unreadable ({error}); add --fresh to start over") from None
+        if previous["settings"] != settings:
+            changed = ", ".join(
+                f"{name} {previous['settings'].get(name)} -> {value}"
+                for name, value in settings.items()
+                if previous["settings"].get(name) != value
+            )
+            raise RunError(
+                f"{backup_dir} holds an unfinished run with other settings ({changed}). "
+                "Add --fresh to discard it and start over, or use another --output-dir."
+            )
+        return previous["run_name"], True
+    run_name = config.run_name or "{}{}-latent{}-{}".format(
+        config.dataset, "-conditional" if config.conditional else "", config.latent_dim,
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
+    )
+    if not write:
+        return run_name, False
+    os.makedirs(backup_dir, exist_ok=True)
+    write_atomically(run_file, json.dumps({"run_name": run_name, "settings": settings}, indent=2))
+    return run_name, False
+
+
+# ---------------------------------------------------------------------------------------
+# Saving and loading: whole files only
+# ---------------------------------------------------------------------------------------
+
+
+def write_atomically(path, text):
+    partial = path + ".partial"
+    with open(partial, "w") as file:
+        file.write(text)
+    os.replace(partial, path)
+
+
+def partial_model_path(path):
+    """A hidden temporary name beside `path`; Keras insists on the .keras suffix."""
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial.keras")
+
+
+def save_model(model, path):
+    """Save to a temporary file beside `path`, then rename: never a half-written model."""
+    partial = partial_model_path(path)
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def save_models(vae, models_dir):
+    os.makedirs(models_dir, exist_ok=True)
+    save_model(vae, os.path.join(models_dir, "vae.keras"))
+    save_model(vae.encoder, os.path.join(models_dir, "encoder.keras"))
+    save_model(vae.decoder, os.path.join(models_dir, "decoder.keras"))
+    print(f"Saved vae.keras, encoder.keras and decoder.keras in {models_dir}")
+
+
+def load_model_file(path):
+    """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken file."""
+    if not os.path.exists(path):
+        raise RunError(f"{path}: no saved model there; train one first with python main.py")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # zip, HDF5 and config errors all mean the same to the user
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunError(f"{path}: not a readable Keras model file ({reason}); train again or restore it") from None
+
+
+def read_metrics(output_dir):
+    """What an earlier run wrote to models/metrics.json; {} if there is none to read."""
+    path = os.path.join(output_dir, "models", "metrics.json")
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as file:
+            return json.load(file)
+    return {}
