@@ -145,7 +145,7 @@ def read_tf_config():
         raise DistributionError(
             "--distribute multi-worker needs TF_CONFIG, the cluster and this machine's place in it, e.g. "
             'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-            '"index": 0}}\' (see README, Several GPUs or machines)'
+            '"index": 0}}\' (see docs/distributed.md)'
         )
     try:
         tf_config = json.loads(text)
@@ -154,6 +154,6 @@ def read_tf_config():
         if not 0 <= int(task["index"]) < len(addresses):
             raise IndexError(f"task index {task['index']} but {len(addresses)} {task['type']} addresses")
     except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise DistributionError(f"TF_CONFIG is not a valid cluster description ({error!r}); see README, "
-                                "Several GPUs or machines") from None
+        raise DistributionError(f"TF_CONFIG is not a valid cluster description ({error!r}); see "
+                                "docs/distributed.md") from None
     return cluster

@@ -126,7 +126,7 @@ class Config:
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
     seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)
     distribute: str = setting("none", "split each batch over every local GPU (mirrored) or over machines named in "
-                              "TF_CONFIG (multi-worker); see README", choices=distribution.MODES)
+                              "TF_CONFIG (multi-worker); see docs/distributed.md", choices=distribution.MODES)
     # Evaluation
     iw_samples: int = setting(32, "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU", positive_int)
     evaluate_only: bool = setting(False, "evaluate and plot the saved models/vae.keras instead of training")
@@ -222,6 +222,7 @@ class TrainingDiverged(RunError):
 
 
 def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
+    """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to TensorBoard."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
         callbacks = [KLSchedule(config.beta, config.kl_warmup_epochs), keras.callbacks.TerminateOnNaN()]
@@ -363,7 +364,6 @@ def report(vae, config, test_images, test_labels, run_name, training):
         writer.close()
     write_atomically(os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2))
     return metrics
-
 
 
 """
