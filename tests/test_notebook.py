@@ -101,6 +101,19 @@ def test_missing_models_stop_the_notebook_with_one_sentence(tmp_path):
     assert "\n" not in message
 
 
+def test_a_wrong_data_folder_stops_the_notebook_with_one_sentence(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+    (tmp_path / "models").mkdir()
+    for name in ("encoder.keras", "decoder.keras", "metrics.json"):
+        (tmp_path / "models" / name).touch()
+
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
+        execute(tmp_path, data_dir=str(tmp_path / "no-such-folder"))
+
+    assert failure.value.ename == "FileNotFoundError"
+    assert failure.value.evalue.startswith(f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} is not a folder")
+
+
 def test_committed_notebook_has_no_outputs():
     notebook = json.loads(NOTEBOOK.read_text())
     code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
