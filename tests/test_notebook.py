@@ -18,7 +18,8 @@ CONDITIONAL_SECTIONS = ["style-transfer", "class-styles"]
 
 def execute(output_dir, data_dir=None, hide=None):
     """Run every cell as `jupyter nbconvert --execute` would, with VAE_OUTPUT_DIR (and
-    VAE_DATA_DIR) set for the kernel; `hide` names a package the kernel cannot import."""
+    VAE_DATA_DIR) set for the kernel; `hide` is (a package the kernel cannot import, a
+    folder for the stand-in that refuses it)."""
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
     environment = {name: value for name, value in os.environ.items() if name != "VAE_DATA_DIR"}
@@ -26,10 +27,10 @@ def execute(output_dir, data_dir=None, hide=None):
     if data_dir:
         environment["VAE_DATA_DIR"] = data_dir
     if hide:
-        shadow = output_dir / "hidden" / hide
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text(f"raise ImportError('{hide} is hidden by the test')\n")
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+        package, folder = hide
+        (folder / package).mkdir(parents=True)
+        (folder / package / "__init__.py").write_text(f"raise ImportError('{package} is hidden by the test')\n")
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
@@ -51,14 +52,12 @@ def printed(notebook):
                    for output in cell.outputs if output.get("name") == "stdout")
 
 
-def test_notebook_draws_every_section_of_a_plain_model(tmp_path, mnist_dir):
+def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
     pytest.importorskip("ipywidgets")
-    import main
+    output_dir, _, _ = trained_run  # latent size 2
+    notebook = execute(output_dir, mnist_dir)
 
-    main.train(quick_config(tmp_path, mnist_dir, latent_dim=3, plots=False))
-    notebook = execute(tmp_path, mnist_dir)
-
-    assert "a VAE of mnist, latent size 3" in printed(notebook)
+    assert "a VAE of mnist, latent size 2" in printed(notebook)
     for section in PICTURE_SECTIONS:
         assert len(images_in(cell(notebook, section))) == 1, section
     for section in CONDITIONAL_SECTIONS:  # nothing to draw: the cell says why
@@ -70,19 +69,20 @@ def test_notebook_draws_every_section_of_a_plain_model(tmp_path, mnist_dir):
     assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in interactive.outputs)
     widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
     sliders = [widget for widget in widgets if widget["model_name"] == "FloatSliderModel"]
-    assert len(sliders) == 3
+    assert len(sliders) == 2
     drawn = [output for widget in widgets if widget["model_name"] == "OutputModel"
              for output in widget["state"].get("outputs", []) if "image/png" in output.get("data", {})]
     assert len(drawn) == 1
 
 
-def test_notebook_draws_a_conditional_model_and_works_without_ipywidgets(tmp_path, mnist_dir):
+def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(tmp_path, mnist_dir):
     import main
 
-    main.train(quick_config(tmp_path, mnist_dir, conditional=True, plots=False))
-    notebook = execute(tmp_path, mnist_dir, hide="ipywidgets")
+    output_dir = tmp_path / "run"
+    main.train(quick_config(output_dir, mnist_dir, conditional=True, latent_dim=3, plots=False, image_every=0))
+    notebook = execute(output_dir, mnist_dir, hide=("ipywidgets", tmp_path / "hidden"))
 
-    assert "a conditional VAE of mnist, latent size 2" in printed(notebook)
+    assert "a conditional VAE of mnist, latent size 3" in printed(notebook)
     for section in PICTURE_SECTIONS + CONDITIONAL_SECTIONS + ["interactive"]:
         assert len(images_in(cell(notebook, section))) == 1, section
     assert "ipywidgets is not installed" in printed(notebook)
