@@ -1,0 +1,123 @@
+"""notebooks/explore.ipynb, executed headless on the models of short real runs.
+
+Each picture section of the notebook is a code cell tagged with the section's name;
+the tests look the cells up by tag.
+"""
+
+import json
+import os
+
+import pytest
+
+from conftest import REPO, quick_config
+
+NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
+PICTURE_SECTIONS = ["latent-space", "grid", "reconstructions", "interpolation", "arithmetic", "dimensions"]
+CONDITIONAL_SECTIONS = ["style-transfer", "class-styles"]
+
+
+def execute(output_dir, data_dir=None, hide=None):
+    """Run every cell as `jupyter nbconvert --execute` would, with VAE_OUTPUT_DIR (and
+    VAE_DATA_DIR) set for the kernel; `hide` is (a package the kernel cannot import, a
+    folder for the stand-in that refuses it)."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    environment = {name: value for name, value in os.environ.items() if name != "VAE_DATA_DIR"}
+    environment.update({"VAE_OUTPUT_DIR": str(output_dir), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if data_dir:
+        environment["VAE_DATA_DIR"] = data_dir
+    if hide:
+        package, folder = hide
+        (folder / package).mkdir(parents=True)
+        (folder / package / "__init__.py").write_text(f"raise ImportError('{package} is hidden by the test')\n")
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute(env=environment)
+    return notebook
+
+
+def cell(notebook, tag):
+    [tagged] = [cell for cell in notebook.cells if tag in cell.metadata.get("tags", [])]
+    return tagged
+
+
+def images_in(cell):
+    return [output for output in cell.outputs if "image/png" in output.get("data", {})]
+
+
+def printed(notebook):
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs if output.get("name") == "stdout")
+
+
+def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
+    pytest.importorskip("ipywidgets")
+    output_dir, _, _ = trained_run  # latent size 2
+    notebook = execute(output_dir, mnist_dir)
+
+    assert "a VAE of mnist, latent size 2" in printed(notebook)
+    for section in PICTURE_SECTIONS:
+        assert len(images_in(cell(notebook, section))) == 1, section
+    for section in CONDITIONAL_SECTIONS:  # nothing to draw: the cell says why
+        assert not images_in(cell(notebook, section))
+        assert "without --conditional" in cell(notebook, section).outputs[0]["text"]
+    # The sliders: a widget in the cell, and the picture its first drawing left in the
+    # notebook's widget state.
+    interactive = cell(notebook, "interactive")
+    assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in interactive.outputs)
+    widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    sliders = [widget for widget in widgets if widget["model_name"] == "FloatSliderModel"]
+    assert len(sliders) == 2
+    drawn = [output for widget in widgets if widget["model_name"] == "OutputModel"
+             for output in widget["state"].get("outputs", []) if "image/png" in output.get("data", {})]
+    assert len(drawn) == 1
+
+
+def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(tmp_path, mnist_dir):
+    import main
+
+    output_dir = tmp_path / "run"
+    main.train(quick_config(output_dir, mnist_dir, conditional=True, latent_dim=3, plots=False, image_every=0))
+    notebook = execute(output_dir, mnist_dir, hide=("ipywidgets", tmp_path / "hidden"))
+
+    assert "a conditional VAE of mnist, latent size 3" in printed(notebook)
+    for section in PICTURE_SECTIONS + CONDITIONAL_SECTIONS + ["interactive"]:
+        assert len(images_in(cell(notebook, section))) == 1, section
+    assert "ipywidgets is not installed" in printed(notebook)
+
+
+def test_missing_models_stop_the_notebook_with_one_sentence(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
+        execute(tmp_path)
+
+    assert failure.value.ename == "FileNotFoundError"
+    message = failure.value.evalue
+    assert message.startswith(str(tmp_path / "models" / "encoder.keras"))
+    assert "`python main.py` writes it" in message and "VAE_OUTPUT_DIR" in message
+    assert "\n" not in message
+
+
+def test_a_wrong_data_folder_stops_the_notebook_with_one_sentence(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+    (tmp_path / "models").mkdir()
+    for name in ("encoder.keras", "decoder.keras", "metrics.json"):
+        (tmp_path / "models" / name).touch()
+
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
+        execute(tmp_path, data_dir=str(tmp_path / "no-such-folder"))
+
+    assert failure.value.ename == "FileNotFoundError"
+    assert failure.value.evalue.startswith(f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} is not a folder")
+
+
+def test_committed_notebook_has_no_outputs():
+    notebook = json.loads(NOTEBOOK.read_text())
+    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert code_cells
+    for cell in code_cells:
+        assert cell["outputs"] == [] and cell["execution_count"] is None, cell["source"]
+    assert "widgets" not in notebook["metadata"]
