@@ -52,7 +52,8 @@ if str(REPO) not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.reports import backends_table, machine_description, markdown_table, plot_curves, summarize, write_markdown  # noqa: E402
+from benchmarks.reports import (backends_table, machine_description, markdown_table, plot_curves,  # noqa: E402
+                                seeds_summary, seeds_table, summarize, write_markdown)
 from benchmarks.workers import (BASELINE, MODELS, installed_backends, run_backend_worker,  # noqa: E402
                                 run_matmul_worker, run_training_worker)
 
@@ -87,7 +88,12 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None,
                         help="folder with the MNIST IDX files (default: ../shared/data/mnist if it exists, else Keras' download)")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help="where the report goes (default: benchmarks/results/)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for both models (default: main.Config().seed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="the default model trains once per seed, reported as their mean and standard deviation; "
+                             "the baseline and the backend rows use the first (default: 1 2 3; --quick: 1)")
+    parser.add_argument("--backend-seeds", type=int, nargs="+", default=None,
+                        help="each backend row trains once per seed: the backends compared over several seeds, "
+                             "with the same settings (default: 1 2 3 4 5; --quick: 1 2)")
     parser.add_argument("--backend-images", type=int, default=None,
                         help=f"training images per backend row (default: {BACKEND_IMAGES}; --quick: {QUICK_LIMIT})")
     parser.add_argument("--backend-epochs", type=int, default=BACKEND_EPOCHS,
@@ -109,6 +115,9 @@ def parse_args(argv=None):
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
         args.epochs_baseline = args.epochs_baseline or QUICK_EPOCHS
     args.backend_images = args.backend_images or (QUICK_LIMIT if args.quick else BACKEND_IMAGES)
+    args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
+    args.backend_seeds = args.backend_seeds or ([1, 2] if args.quick else [1, 2, 3, 4, 5])
+    args.seed = args.seeds[0]  # what a worker trains with
     return args
 
 
@@ -123,12 +132,15 @@ def _worker_argv(args, name, output):
     return argv
 
 
-def run_worker(args, name, backend=None):
-    """Run one worker in a fresh Python process (on `backend`, if given) and return its JSON result."""
+def run_worker(args, name, backend=None, seed=None):
+    """Run one worker in a fresh Python process (on `backend`, with `seed`, if given) and
+    return its JSON result."""
     environment = {**os.environ, "KERAS_BACKEND": backend} if backend else None
+    if seed is not None:
+        args = argparse.Namespace(**{**vars(args), "seed": seed})
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "result.json")
-        print(f"--- {name}{' on ' + backend if backend else ''}", flush=True)
+        print(f"--- {name}{' on ' + backend if backend else ''}{f' (seed {seed})' if seed is not None else ''}", flush=True)
         completed = subprocess.run(_worker_argv(args, name, output), cwd=REPO, env=environment)
         if completed.returncode != 0:
             sys.exit(f"error: the {name} worker failed (exit status {completed.returncode}); see its output above")
@@ -163,16 +175,18 @@ def main(argv=None):
     if args.only_backends:
         return report_backends(args, command, started)
     results = {name: run_worker(args, name) for name in MODELS}  # data problems show up first
+    # The default again with the other seeds: one seed's figure says little.
+    seed_runs = [results["default"]] + [run_worker(args, "default", seed=seed) for seed in args.seeds[1:]]
     matmul = run_worker(args, "matmul")
-    backends = {} if args.no_backends else {
-        name: run_worker(args, "backend", backend=name) for name in installed_backends()
-    }
+    backends = {} if args.no_backends else run_backends(args)
     summary = summarize(results, matmul)
     report = {
         **run_record(args, command, started),
         "matmul_peak": matmul,
         "summary": summary,
+        "seeds": seeds_summary(seed_runs),
         "results": results,
+        "default_seed_runs": seed_runs[1:],
         "backends": backends,
     }
     output_dir = Path(args.output_dir)
@@ -181,6 +195,8 @@ def main(argv=None):
     plot_curves(output_dir / "elbo_vs_time.png", results, summary)
     print()
     print(markdown_table(results, summary))
+    print()
+    print(seeds_table(report["seeds"]))
     if backends:
         print()
         print(backends_table(backends))
@@ -200,16 +216,23 @@ def run_record(args, command, started):
     }
 
 
+def run_backends(args):
+    """Each installed backend, once per --backend-seeds seed: {backend: [result per seed]}."""
+    return {name: [run_worker(args, "backend", backend=name, seed=seed) for seed in args.backend_seeds]
+            for name in installed_backends()}
+
+
 def report_backends(args, command, started):
     """--only-backends: the per-backend rows alone, in backends.md and backends.json."""
-    backends = {name: run_worker(args, "backend", backend=name) for name in installed_backends()}
+    backends = run_backends(args)
     report = {**run_record(args, command, started), "backends": backends}
     output_dir = Path(args.output_dir)
     (output_dir / "backends.json").write_text(json.dumps(report, indent=2))
     machine = report["machine"]
     (output_dir / "backends.md").write_text(
         f"# Keras backends\n\n{backends_table(backends)}\n\n- The default model on the first "
-        f"{args.backend_images:,} training images, {args.backend_epochs} epochs; the last epoch is timed.\n"
+        f"{args.backend_images:,} training images, {args.backend_epochs} epochs, seeds "
+        f"{', '.join(map(str, args.backend_seeds))}; the last epoch of the first seed is timed.\n"
         f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n- Command: `{command}`\n")
     print()
     print(backends_table(backends))

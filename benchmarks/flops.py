@@ -7,7 +7,8 @@ and compares that with the GFLOP/s of one large matrix multiply on the same mach
 import math
 import time
 
-MATMUL_SIZE = 2048
+MATMUL_SIZES = (1024, 2048, 4096)  # the peak is the best of these square sizes
+MATMUL_CHAIN = 10  # chained products per timing
 
 
 TRAINING_FLOPS_PER_FORWARD = 3  # forward + backward (gradients for inputs and weights) ~ 3x forward
@@ -96,23 +97,34 @@ def vae_flops(vae):
 # ---------------------------------------------------------------------------------------
 
 
-def matmul_gflops(dtype, size=MATMUL_SIZE, min_seconds=2.0, min_repetitions=3):
-    """GFLOP/s of a size x size tf.matmul in a tf.function: warmed up, then timed over repetitions."""
+def matmul_gflops(dtype, sizes=MATMUL_SIZES, chain=MATMUL_CHAIN, tries=3):
+    """The best GFLOP/s of `chain` chained products c = matmul(c, b) of size x size squares in
+    one tf.function, best of `tries` for each size.
+
+    Chained, so TensorFlow's graph optimiser cannot merge them: ten identical, independent
+    products in one graph are computed once and would read ten times too fast.
+    """
     import tensorflow as tf
 
     generator = tf.random.Generator.from_seed(0)
-    a = tf.cast(generator.normal((size, size)), dtype)
-    b = tf.cast(generator.normal((size, size)), dtype)
+    best = {"gflops": 0.0}
+    for size in sizes:
+        # b / sqrt(size) keeps the chain's values of the same magnitude as a's.
+        a = tf.cast(generator.normal((size, size)), dtype)
+        b = tf.cast(generator.normal((size, size)) / size**0.5, dtype)
 
-    @tf.function
-    def product(a, b):
-        return tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32))  # a scalar: waits for the result
+        @tf.function
+        def products(c, b):
+            for _ in range(chain):
+                c = tf.matmul(c, b)
+            return tf.reduce_sum(tf.cast(c[:1, :1], tf.float32))  # a scalar: waits for the result
 
-    for _ in range(2):  # trace, then one untimed run
-        product(a, b).numpy()
-    repetitions, start = 0, time.perf_counter()
-    while repetitions < min_repetitions or time.perf_counter() - start < min_seconds:
-        product(a, b).numpy()
-        repetitions += 1
-    seconds = (time.perf_counter() - start) / repetitions
-    return {"gflops": 2 * size**3 / seconds / 1e9, "seconds_per_matmul": seconds, "repetitions": repetitions}
+        products(a, b).numpy()  # trace and warm up
+        for _ in range(tries):
+            start = time.perf_counter()
+            products(a, b).numpy()
+            seconds = (time.perf_counter() - start) / chain
+            gflops = 2 * size**3 / seconds / 1e9
+            if gflops > best["gflops"]:
+                best = {"gflops": gflops, "seconds_per_matmul": seconds, "size": size}
+    return {**best, "chain": chain, "tries": tries}

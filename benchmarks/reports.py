@@ -9,7 +9,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from benchmarks.flops import MATMUL_SIZE, TRAINING_FLOPS_PER_FORWARD
+from benchmarks.flops import MATMUL_CHAIN, TRAINING_FLOPS_PER_FORWARD
 from benchmarks.workers import MODELS
 
 
@@ -113,19 +113,53 @@ def markdown_table(results, summary):
     return "\n".join(rows)
 
 
+def mean_and_deviation(values):
+    """(mean, sample standard deviation; 0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seeds_summary(runs):
+    """The default model's final test -ELBO over the seeds it trained with."""
+    finals = [run["epochs"][-1]["val_loss"] for run in runs]
+    mean, deviation = mean_and_deviation(finals)
+    return {
+        "runs": [{"seed": run["config"]["seed"], "final_val_loss": run["epochs"][-1]["val_loss"],
+                  "training_seconds": run["epochs"][-1]["seconds"],
+                  "wall_seconds": run["epochs"][-1]["wall_seconds"]} for run in runs],
+        "mean_final_val_loss": mean,
+        "sd_final_val_loss": deviation,
+    }
+
+
+def seeds_table(seeds):
+    rows = ["| seed | final test -ELBO | training s | training + validation s |", "|" + " --- |" * 4]
+    for run in seeds["runs"]:
+        rows.append(f"| {run['seed']} | {run['final_val_loss']:.2f} | {run['training_seconds']:,.1f} "
+                    f"| {run['wall_seconds']:,.1f} |")
+    rows.append(f"| mean ± sd ({len(seeds['runs'])} seeds) | {seeds['mean_final_val_loss']:.2f} ± "
+                f"{seeds['sd_final_val_loss']:.2f} | | |")
+    return "\n".join(rows)
+
+
 def backends_table(backends):
-    """One row per backend: the same model and images, timed in the same benchmark run."""
-    rows = ["| backend | version | training images | s/epoch (last) | train images/s | test -ELBO after "
-            "the epochs | peak memory MiB |", "|" + " --- |" * 7]
-    for name, result in backends.items():
+    """One row per backend: the same model, images and seeds, timed in the same benchmark run.
+    Speed is the first seed's last epoch; the test -ELBO is over every seed."""
+    rows = ["| backend | version | training images | seeds | s/epoch (last) | train images/s | test -ELBO after "
+            "the epochs, mean ± sd | each seed | peak memory MiB |", "|" + " --- |" * 9]
+    for name, runs in backends.items():
+        first = runs[0]
+        finals = [run["final_val_loss"] for run in runs]
+        mean, deviation = mean_and_deviation(finals)
         rows.append("| " + " | ".join([
             name,
-            result["versions"].get(name, ""),
-            f"{result['train_images']:,}",
-            _number(result["seconds_per_epoch"], 1),
-            _number(result["train_images_per_second"], 0),
-            _number(result["final_val_loss"], 2),
-            _number(result["peak_memory_mib"], 0),
+            first["versions"].get(name, ""),
+            f"{first['train_images']:,}",
+            str(len(runs)),
+            _number(first["seconds_per_epoch"], 1),
+            _number(first["train_images_per_second"], 0),
+            f"{mean:.2f} ± {deviation:.2f}",
+            ", ".join(f"{value:.2f}" for value in finals),
+            _number(max(run["peak_memory_mib"] for run in runs), 0),
         ]) + " |")
     return "\n".join(rows)
 
@@ -171,12 +205,20 @@ def write_markdown(path, report):
         " first (which includes tracing).",
         "- FLOPs are counted from the layer shapes (Conv2D, Conv2DTranspose, Dense; 2 per multiply-add; training ="
         f" {TRAINING_FLOPS_PER_FORWARD} x forward). Peak memory is the worker process's ru_maxrss (data included).",
-        f"- Matrix-multiply peak ({MATMUL_SIZE}x{MATMUL_SIZE} tf.matmul in a tf.function): float32"
-        f" {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 {matmul['bfloat16']['gflops']:,.1f} GFLOP/s.",
+        f"- Matrix-multiply peak ({MATMUL_CHAIN} chained tf.matmul products of squares in one tf.function, best"
+        f" of three; 1024 to 4096): float32 {matmul['float32']['gflops']:,.1f} GFLOP/s"
+        f" ({matmul['float32']['size']}), bfloat16 {matmul['bfloat16']['gflops']:,.1f} GFLOP/s"
+        f" ({matmul['bfloat16']['size']}).",
         f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable of {machine['logical_cores']} logical cores,"
         f" {_number(machine['memory_gib'], 1)} GiB memory, accelerators: {', '.join(versions['gpus']) or 'none'};"
         f" Python {machine['python']}, TensorFlow {versions['tensorflow']}, Keras {versions['keras']}.",
         f"- Command: `{report['command']}`",
+        "",
+        "## The default over seeds",
+        "",
+        seeds_table(report["seeds"]),
+        "",
+        "- The default model's final test -ELBO (`val_loss`) with each seed: one seed's figure says little.",
         "",
     ]
     if report.get("backends"):
@@ -187,7 +229,8 @@ def write_markdown(path, report):
             backends_table(report["backends"]),
             "",
             f"- The default model on the first {settings['backend_images']:,} training images for"
-            f" {settings['backend_epochs']} epochs, on each backend in its own process with KERAS_BACKEND set;"
+            f" {settings['backend_epochs']} epochs with seeds {', '.join(map(str, settings['backend_seeds']))},"
+            " on each backend in its own process with KERAS_BACKEND set;"
             " s/epoch is the last epoch's training time (validation excluded), so the first epoch's tracing or"
             " compilation is left out. The data pipeline is tf.data on every backend.",
             "",

@@ -112,11 +112,22 @@ def test_summary_and_table_from_made_up_runs():
     assert "not reached" not in lines[3]
 
 
+def test_seeds_summary_reports_mean_and_sample_deviation():
+    runs = [{"config": {"seed": seed}, "epochs": [{"seconds": 100.0, "wall_seconds": 110.0, "val_loss": value}]}
+            for seed, value in ((1, 146.0), (2, 148.0), (3, 147.0))]
+    seeds = reports.seeds_summary(runs)
+    assert seeds["mean_final_val_loss"] == 147.0 and math.isclose(seeds["sd_final_val_loss"], 1.0)
+    table = reports.seeds_table(seeds).splitlines()
+    assert len(table) == 6 and table[2].startswith("| 1 | 146.00 |") and "147.00 ± 1.00" in table[-1]
+
+
 def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
     args = benchmark.parse_args(["--quick", "--epochs-baseline", "5"])
     assert (args.limit, args.epochs_default, args.epochs_baseline) == (6000, 3, 5)
     full = benchmark.parse_args([])
     assert (full.limit, full.epochs_default, full.epochs_baseline) == (None, None, None)
+    assert (full.seeds, full.backend_seeds, full.seed) == ([1, 2, 3], [1, 2, 3, 4, 5], 1)
+    assert benchmark.parse_args(["--seeds", "7", "8"]).seed == 7
     assert (args.backend_images, full.backend_images) == (6000, benchmark.BACKEND_IMAGES)
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--epochs-default", "0"])
@@ -130,7 +141,15 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     assert result["backend"] == keras.backend.backend() and result["train_images"] == 300
     assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
     assert math.isclose(result["train_images_per_second"], 300 / result["seconds_per_epoch"])
-    table = reports.backends_table({"tensorflow": result, "jax": {**result, "versions": {"jax": "0.1"}}})
+    other_seed = {**result, "final_val_loss": result["final_val_loss"] + 2.0}
+    table = reports.backends_table({"tensorflow": [result], "jax": [{**result, "versions": {"jax": "0.1"}}, other_seed]})
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[3].startswith("| jax | 0.1 | 300 |")
+    assert len(lines) == 4 and lines[3].startswith("| jax | 0.1 | 300 | 2 |")
+    # Two seeds 2 nats apart: mean in the middle, sample standard deviation sqrt(2).
+    assert f"{result['final_val_loss'] + 1.0:.2f} ± 1.41" in lines[3]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_matmul_peak_reports_the_best_size():
+    result = flops.matmul_gflops("float32", sizes=(32, 64), chain=3, tries=2)
+    assert result["gflops"] > 0 and result["size"] in (32, 64) and result["chain"] == 3
