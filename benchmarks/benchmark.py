@@ -21,10 +21,15 @@ process), FLOPs per training image counted from the layer shapes and the GFLOP/s
 makes, as a share of a float32 matrix-multiply peak measured in the same run (a bfloat16
 peak is measured and reported too).
 
+The default trains once per --seeds seed (default 1 2 3): the mean and standard deviation
+of its final test -ELBO; the baseline, the curves and the backend speeds use the first.
+
 Then, for each Keras backend installed (TensorFlow, JAX, PyTorch), the default model
-trains for --backend-epochs epochs on the first --backend-images images, in its own
-subprocess with KERAS_BACKEND set: seconds per epoch (the last, so tracing and
-compilation are left out) and training images/s, all on this machine in the same run.
+trains for --backend-epochs epochs on the first --backend-images images, once per
+--backend-seeds seed (default 1 2 3 4 5), in its own subprocess with KERAS_BACKEND set:
+seconds per epoch (the last, so tracing and compilation are left out), training images/s
+and the test -ELBO's mean and standard deviation over the seeds, all on this machine in
+the same run.
 
 Outputs go to --output-dir (default benchmarks/results/, git-ignored): benchmark.md (the
 table and the machine), benchmark.json (everything, per-epoch curves included) and
