@@ -5,14 +5,17 @@
         (about a minute on a 2-core CPU); its published test loss after 10 epochs is ~105.6 nats
     python benchmarks/latent_sizes.py compare --data-dir ../shared/data/mnist
         that MLP against `python main.py --latent-dim 20` (default epochs, ~10 minutes), each in
-        its own process: test -ELBO after every epoch against training seconds
+        its own process: test -ELBO after every epoch against training seconds (wall and CPU)
+    python benchmarks/latent_sizes.py speed --data-dir ../shared/data/mnist
+        training seconds per image of both, measured in turns in one process (about 2 minutes):
+        on a machine shared with other work their ratio holds where absolute times do not
     python benchmarks/latent_sizes.py table --data-dir ../shared/data/mnist \\
         --fashion-data-dir ../shared/data/fashion_mnist --epochs 2
         `python main.py --latent-dim L` for L = 2, 4, 8, 16, 32 on MNIST and Fashion-MNIST, each
         run in its own process: test -ELBO, IW-NLL, KL, active units, training seconds, and the
         data's entropy floor beside them
 
-Results go to benchmarks/results/latent_sizes/ (<part>.md, <part>.json, <part>.png); each run of
+Results go to benchmarks/results/latent_sizes/ (<part>.md, <part>.json, <part>.png; speed.json); each run of
 `table` keeps its output folder (models/, plots/, logs/) under runs/ there, so
 `tensorboard --logdir benchmarks/results/latent_sizes/runs` compares them in the HParams tab.
 
@@ -29,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,24 +75,32 @@ def build_mlp_vae(latent_dim=MLP["latent_dim"], hidden_units=MLP["hidden_units"]
     return model
 
 
+def _clocks():
+    return time.perf_counter(), time.process_time()
+
+
 def make_epoch_clock():
     """A callback recording after each epoch its test -ELBO (val_loss) and the training seconds
     so far, validation excluded."""
     import keras
 
     class EpochClock(keras.callbacks.Callback):
+        """Wall seconds, and CPU seconds of this process (all its threads): on a machine shared
+        with other work the wall clock also counts their time, the CPU clock does not."""
+
         def on_train_begin(self, logs=None):
-            self.start, self.validating, self.epochs = time.perf_counter(), 0.0, []
+            self.start, self.validating, self.epochs = _clocks(), [0.0, 0.0], []
 
         def on_test_begin(self, logs=None):
             keras.ops.convert_to_numpy(self.model.trainable_variables[-1])  # the last step has finished
-            self.test_start = time.perf_counter()
+            self.test_start = _clocks()
 
         def on_test_end(self, logs=None):
-            self.validating += time.perf_counter() - self.test_start
+            self.validating = [total + now - start for total, now, start in zip(self.validating, _clocks(), self.test_start)]
 
         def on_epoch_end(self, epoch, logs=None):
-            self.epochs.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - self.start - self.validating, 1),
+            wall, cpu = (now - start - validating for now, start, validating in zip(_clocks(), self.start, self.validating))
+            self.epochs.append({"epoch": epoch + 1, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
                                 **{name: float(value) for name, value in (logs or {}).items()}})
 
     return EpochClock()
@@ -133,6 +146,39 @@ def train_worker(name, args):
             "epochs": clock.epochs, "test": test}
 
 
+def speed_ratio(args, images_per_round=6400, rounds=3):
+    """Training seconds per image of both models, measured in turns within one process, so that
+    other work on a shared machine slows both alike: their ratio holds where absolute times do not."""
+    import keras
+
+    import data
+    import main
+
+    config = main.Config(latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit)
+    keras.utils.set_random_seed(config.seed)
+    (train_images, _), _ = main.load_images(config)
+    train_images = train_images[:images_per_round]
+    conv = main.make_model(config, len(train_images))
+    mlp = build_mlp_vae(seed=config.seed)
+    mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
+    crop = (config.image_size - data.ORIGINAL_SIZE) // 2
+    unpadded = train_images[:, crop:crop + data.ORIGINAL_SIZE, crop:crop + data.ORIGINAL_SIZE]
+    models = {"mlp": (mlp, data.make_dataset(unpadded, MLP["batch_size"])),
+              "conv": (conv, data.make_dataset(train_images, config.batch_size))}
+    seconds = {name: [] for name in models}
+    for round_ in range(rounds + 1):  # the first round compiles: not counted
+        for name, (model, dataset) in models.items():
+            started = _clocks()
+            model.fit(dataset, epochs=1, verbose=0)
+            if round_:
+                seconds[name].append([(now - start) / len(train_images) for now, start in zip(_clocks(), started)])
+    per_image = {name: {"wall": float(np.median([wall for wall, _ in values])), "cpu": float(np.median([cpu for _, cpu in values]))}
+                 for name, values in seconds.items()}
+    return {"per_image_seconds": per_image, "images_per_round": len(train_images), "rounds": rounds,
+            "conv_over_mlp_wall": per_image["conv"]["wall"] / per_image["mlp"]["wall"],
+            "conv_over_mlp_cpu": per_image["conv"]["cpu"] / per_image["mlp"]["cpu"]}
+
+
 def run_worker(name, args):
     """train_worker(name) in a fresh Python process; its JSON result."""
     with tempfile.TemporaryDirectory() as folder:
@@ -149,9 +195,9 @@ def run_worker(name, args):
             return json.load(file)
 
 
-def best_within(curve, budget):
+def best_within(curve, budget, clock="seconds"):
     """The lowest test -ELBO among the epochs finished within `budget` training seconds (None: none)."""
-    reached = [epoch["val_loss"] for epoch in curve if epoch["seconds"] <= budget]
+    reached = [epoch["val_loss"] for epoch in curve if epoch[clock] <= budget]
     return min(reached) if reached else None
 
 
@@ -160,30 +206,34 @@ def _number(value, digits=2):
 
 
 def curve_rows(results):
-    lines = ["| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
+    lines = ["| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample; wall s, CPU s) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for result in results:
         test, curve = result["test"], result["epochs"]
-        per_epoch = ", ".join(f"{epoch['val_loss']:.2f} ({epoch['seconds']:.0f} s)" for epoch in curve)
+        per_epoch = ", ".join(f"{epoch['val_loss']:.2f} ({epoch['seconds']:.0f}, {epoch.get('cpu_seconds', 0):.0f})"
+                              for epoch in curve)
         lines.append(f"| {result['description']} | {result['parameters']:,} | {len(curve)} | {curve[-1]['seconds']:.1f} | "
                      f"{per_epoch} | "
                      f"{test['negative_elbo']:.2f} | {test['iw_nll']:.2f} | {test['kl_loss']:.2f} | {test['active_units']} |")
     return lines
 
 
-def budget_rows(results):
+def budget_rows(results, clock="seconds"):
+    """Who is ahead at each budget of wall seconds ("seconds") or of CPU seconds / 2 ("cpu_seconds":
+    what a dedicated 2-core machine would take if both cores were busy throughout)."""
     names = [LABELS[result["name"]] for result in results]
-    lines = ["| training-time budget | " + " | ".join(f"{name}: best test -ELBO" for name in names) + " | ahead |",
+    scale = 2 if clock == "cpu_seconds" else 1
+    lines = [f"| budget ({'CPU seconds / 2' if scale == 2 else 'wall seconds'}) | " + " | ".join(f"{name}: best test -ELBO" for name in names) + " | ahead |",
              "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
     for budget in BUDGETS:
-        values = [best_within(result["epochs"], budget) for result in results]
+        values = [best_within(result["epochs"], budget * scale, clock) for result in results]
         known = [(value, name) for value, name in zip(values, names) if value is not None]
         ahead = min(known)[1] if known else "-"
         lines.append(f"| {budget} s | " + " | ".join(_number(value) for value in values) + f" | {ahead} |")
     return lines
 
 
-def plot_curves(path, results):
+def plot_curves(path, results, clock="seconds"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,11 +242,13 @@ def plot_curves(path, results):
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for result in results:
         curve = result["epochs"]
-        axes.plot([epoch["seconds"] for epoch in curve], [epoch["val_loss"] for epoch in curve], "o-",
+        scale = 2 if clock == "cpu_seconds" else 1
+        axes.plot([epoch[clock] / scale for epoch in curve], [epoch["val_loss"] for epoch in curve], "o-",
                   label=LABELS[result["name"]])
     axes.axhline(MLP_PUBLISHED_TEST_LOSS, color="grey", linestyle=":", label=f"PyTorch example, published ({MLP_PUBLISHED_TEST_LOSS})")
     axes.axvspan(BUDGETS[0], BUDGETS[-1], color="grey", alpha=0.08)
-    axes.set(xlabel="training seconds (validation excluded)", ylabel="test negative ELBO, nats/image",
+    axes.set(xlabel=("CPU seconds / 2" if clock == "cpu_seconds" else "wall seconds") + " of training (validation excluded)",
+             ylabel="test negative ELBO, nats/image",
              title=f"MNIST, latent {COMPARE_LATENT_DIM}: test -ELBO after each epoch", ylim=(None, 130))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -279,6 +331,7 @@ def parse_args(argv=None):
     parts = parser.add_subparsers(dest="part", required=True)
     for name, text in (("baseline", "the MLP VAE alone"), ("compare", "the MLP against main.py --latent-dim 20"),
                        ("table", "main.py at latent sizes 2 ... 32 on both datasets"),
+                       ("speed", "training seconds per image of both models, measured in turns"),
                        ("worker", "internal: one training run, written to a JSON file")):
         part = parts.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         part.add_argument("--data-dir", help="MNIST's IDX files (default: Keras' download cache)")
@@ -296,6 +349,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.part == "speed":
+        result = speed_ratio(args)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "speed.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
     if args.part == "worker":
         result = train_worker(args.name, args)
         Path(args.output).write_text(json.dumps(result))
@@ -304,8 +363,11 @@ def main(argv=None):
     started = time.time()
     if args.part in ("baseline", "compare"):
         results = [run_worker("mlp", args)] if args.part == "baseline" else [run_worker(name, args) for name in ("mlp", "conv")]
-        lines = curve_rows(results) + [""] + (budget_rows(results) if args.part == "compare" else [])
-        write_report(args.part, command, started, lines, {"results": results}, lambda path: plot_curves(path, results))
+        lines = curve_rows(results) + [""]
+        if args.part == "compare":
+            lines += budget_rows(results) + [""] + budget_rows(results, "cpu_seconds")
+        write_report(args.part, command, started, lines, {"results": results},
+                     lambda path: plot_curves(path, results, "cpu_seconds"))
     else:
         rows = run_table(args)
         write_report("table", command, started, table_rows(rows), {"rows": rows}, lambda path: plot_table(path, rows))
