@@ -259,7 +259,7 @@ def plot_curves(path, results, clock="seconds"):
 def run_table(args):
     """One `python main.py` process per dataset and latent size; returns their rows."""
     rows = []
-    for dataset in DATASETS:
+    for dataset in args.datasets:
         data_dir = args.data_dir if dataset == "mnist" else args.fashion_data_dir
         for latent_dim in args.latent_sizes:
             output_dir = RESULTS / "runs" / f"{dataset}-latent{latent_dim}"
@@ -341,6 +341,7 @@ def parse_args(argv=None):
         if name == "table":
             part.add_argument("--fashion-data-dir", help="Fashion-MNIST's IDX files (default: Keras' download cache)")
             part.add_argument("--latent-sizes", type=int, nargs="+", default=list(LATENT_SIZES))
+            part.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
         if name == "worker":
             part.add_argument("name", choices=("mlp", "conv"))
             part.add_argument("output")
