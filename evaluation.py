@@ -6,19 +6,46 @@ For each image, K latent samples z_k are drawn from q(z|x) and decoded in one ba
     importance-weighted NLL = -(logsumexp_k log w_k - log K)
 The IW estimate is a tighter bound: it falls towards the true -log p(x) as K grows
 (Burda et al., 2016). Everything is in nats per image, Bernoulli pixels, as the loss.
+
+Two more figures put these in context. The data's floor: the cross-entropy against a
+grey-level target x can never fall below the target's own Bernoulli entropy
+-(x log x + (1 - x) log(1 - x)), so no model reaches 0 nats. Active units: a latent
+dimension whose KL term is ~0 for every image carries no information (posterior collapse).
 """
 
 import math
+import os
 import time
 
 import keras
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import entr, logsumexp
 
 from data import one_hot
 from vae import kl_divergence, reconstruction_nats
 
 LOG_2PI = math.log(2 * math.pi)
+ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
+
+
+def data_entropy_floor(images):
+    """Mean over images of the summed Bernoulli entropy of each pixel's grey level, in nats:
+    the lowest cross-entropy any model can reach on them. Pixels at 0 or 1 (padding) add 0."""
+    targets = np.asarray(images, np.float64).reshape(len(images), -1)
+    return float(np.mean(np.sum(entr(targets) + entr(1.0 - targets), axis=1)))
+
+
+def kl_per_dimension(z_mean, z_log_var):
+    """KL(q(z_d|x) || N(0, 1)) of every image and latent dimension d: shape (images, latent)."""
+    # The training loss's own KL, summed over a trailing axis of length 1.
+    per_dimension = kl_divergence(keras.ops.convert_to_tensor(z_mean)[..., None],
+                                  keras.ops.convert_to_tensor(z_log_var)[..., None])
+    return keras.ops.convert_to_numpy(per_dimension)
+
+
+def active_units(mean_kl_per_dimension, threshold=ACTIVE_UNIT_NATS):
+    """How many latent dimensions have a mean KL (over the images) above `threshold` nats."""
+    return int(np.sum(np.asarray(mean_kl_per_dimension) > threshold))
 
 
 def _log_normal(z, mean, log_var):
@@ -30,6 +57,7 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     """Negative ELBO (with its parts) and IW negative log-likelihood on `images`.
 
     A conditional VAE needs the `labels`; the figures are then of -log p(x | label).
+    Also: each latent dimension's mean KL, the number of active units and the data's floor.
     """
     rng = np.random.default_rng(seed)
     reconstruction, kl, iw_nll = [], [], []
@@ -55,18 +83,48 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
             - _log_normal(z, z_mean[:, None], z_log_var[:, None])
         )
         reconstruction.append(nats.mean(axis=1))
-        posterior = (keras.ops.convert_to_tensor(z_mean), keras.ops.convert_to_tensor(z_log_var))
-        kl.append(keras.ops.convert_to_numpy(kl_divergence(*posterior)))
+        kl.append(kl_per_dimension(z_mean, z_log_var))
         iw_nll.append(-(logsumexp(log_weights, axis=1) - math.log(samples)))
         if progress:
             progress.add(len(batch))
     reconstruction, kl, iw_nll = (np.concatenate(parts) for parts in (reconstruction, kl, iw_nll))
+    mean_kl_per_dimension = kl.mean(axis=0)
+    kl = kl.sum(axis=1)
     return {
         "negative_elbo": float(np.mean(reconstruction + kl)),
         "reconstruction_loss": float(np.mean(reconstruction)),
         "kl_loss": float(np.mean(kl)),
+        "kl_per_dimension": [round(float(value), 4) for value in mean_kl_per_dimension],
+        "active_units": active_units(mean_kl_per_dimension),
+        "data_entropy_floor": data_entropy_floor(images),
         "iw_nll": float(np.mean(iw_nll)),
         "iw_samples": samples,
         "images": len(images),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+# Test figures for TensorBoard: the Scalars tab and the HParams tab's columns.
+SUMMARY_FIGURES = ("negative_elbo", "reconstruction_loss", "kl_loss", "iw_nll", "active_units", "data_entropy_floor")
+
+
+def write_tensorboard_summary(run_dir, settings, metrics, training):
+    """The run's settings for TensorBoard's HParams tab (in `run_dir`) and its test figures
+    as scalars (in `run_dir`/evaluation), so that `tensorboard --logdir logs` lists every
+    run in one sortable table. Settings that are None (unset) are left out of the table."""
+    import tensorflow as tf  # TensorBoard's writer
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    step = training.get("epochs_trained", 0)
+    writer = tf.summary.create_file_writer(run_dir)
+    with writer.as_default():
+        hparams_api.hparams({name: value for name, value in settings.items() if isinstance(value, (bool, int, float, str))},
+                            trial_id=os.path.basename(os.path.normpath(run_dir)))
+    writer.close()
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "evaluation"))
+    with writer.as_default():
+        for name in SUMMARY_FIGURES:
+            tf.summary.scalar(f"test/{name}", metrics[name], step=step)
+        if "training_seconds" in training:
+            tf.summary.scalar("training/seconds", training["training_seconds"], step=step)
+    writer.close()

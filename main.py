@@ -344,7 +344,8 @@ def report(vae, config, test_images, test_labels, run_name, training):
     metrics = evaluation.evaluate(vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed)
     print(f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
           f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
-          f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']})")
+          f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']}); the data's floor "
+          f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions active")
     record = {
         "run_name": run_name,
         "test": metrics,
@@ -357,11 +358,8 @@ def report(vae, config, test_images, test_labels, run_name, training):
         import tensorflow as tf
 
         record["versions"]["tensorflow"] = tf.__version__
-        writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "logs", run_name, "evaluation"))
-        with writer.as_default():
-            for name in ("negative_elbo", "reconstruction_loss", "kl_loss", "iw_nll"):
-                tf.summary.scalar(f"test/{name}", metrics[name], step=training.get("epochs_trained", 0))
-        writer.close()
+        evaluation.write_tensorboard_summary(os.path.join(config.output_dir, "logs", run_name),
+                                             dataclasses.asdict(config), metrics, training)
     write_atomically(os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2))
     return metrics
 

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from data import one_hot  # noqa: E402
+from evaluation import ACTIVE_UNIT_NATS, kl_per_dimension  # noqa: E402
 
 PREDICT_BATCH_SIZE = 500  # large batches: prediction holds no gradients
 
@@ -197,6 +198,30 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
                                "Straight lines in the latent space between two test images (z_mean)", path)
 
 
+def plot_traversals(encoder, decoder, test_images, test_labels, path, image_index=0, steps=11, limit=3.0):
+    """One row per active latent dimension (mean KL over `test_images` above ACTIVE_UNIT_NATS),
+    most informative first: that dimension set to values from -limit to limit, the others held
+    at one test image's z_mean. With no active dimension, the one with the largest KL is shown."""
+    inputs = [test_images, one_hot(test_labels)] if is_conditional(encoder) else test_images
+    z_mean, z_log_var = run_model(encoder, inputs)
+    mean_kl = kl_per_dimension(z_mean, z_log_var).mean(axis=0)
+    order = np.argsort(-mean_kl)
+    active = [d for d in order if mean_kl[d] > ACTIVE_UNIT_NATS]
+    dimensions = active or list(order[:1])
+    values = np.linspace(-limit, limit, steps)
+    z = np.repeat(z_mean[image_index][None], len(dimensions) * steps, axis=0).reshape(len(dimensions), steps, -1)
+    for row, dimension in enumerate(dimensions):
+        z[row, :, dimension] = values
+    images = decode(decoder, z.reshape(len(dimensions) * steps, -1).astype(np.float32),
+                    np.full(len(dimensions) * steps, test_labels[image_index]))
+    row_labels = [f"z[{d}] (KL {mean_kl[d]:.2f})" for d in dimensions]
+    _save_grid_with_row_labels(
+        images, len(dimensions), steps, row_labels,
+        f"Each row: one latent dimension set to {-limit:g} ... {limit:g}, the others at test image "
+        f"{image_index}'s z_mean\n({len(active)} of {z_mean.shape[1]} dimensions active (mean KL > "
+        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL)", path)
+
+
 def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None):
     """Write every plot of a trained model into `plots_dir`."""
     os.makedirs(plots_dir, exist_ok=True)
@@ -208,6 +233,8 @@ def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir,
     plot_reconstructions(test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png"))
     plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
     plot_interpolation(decoder, z_mean, test_labels, class_names, os.path.join(plots_dir, "interpolation.png"), seed=seed)
+    if z_mean.shape[1] > 2:  # two dimensions are already drawn whole by the manifold
+        plot_traversals(encoder, decoder, test_images, test_labels, os.path.join(plots_dir, "traversals.png"))
     if not is_conditional(decoder):
         plot_manifold(decoder, os.path.join(plots_dir, "manifold.png"))
         return
