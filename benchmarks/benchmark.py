@@ -128,10 +128,11 @@ def parse_args(argv=None):
 
 def _worker_argv(args, name, output):
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-output", output]
-    for flag in ("limit", "epochs_default", "epochs_baseline", "data_dir", "seed", "backend_images", "backend_epochs"):
+    for flag in ("limit", "epochs_default", "epochs_baseline", "data_dir", "backend_images", "backend_epochs"):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
+    argv += ["--seeds", str(args.seed)]  # the one seed this worker trains with
     if args.quick:
         argv.append("--quick")
     return argv

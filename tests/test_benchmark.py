@@ -1,5 +1,6 @@
 """The benchmark's speed-independent parts: FLOP counting, the baseline's shapes, the report."""
 
+import argparse
 import math
 
 import numpy as np
@@ -153,3 +154,10 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
 def test_matmul_peak_reports_the_best_size():
     result = flops.matmul_gflops("float32", sizes=(32, 64), chain=3, tries=2)
     assert result["gflops"] > 0 and result["size"] in (32, 64) and result["chain"] == 3
+
+
+def test_each_worker_is_told_its_own_seed():
+    args = benchmark.parse_args(["--seeds", "4", "5"])
+    for seed in (4, 5):
+        worker_argv = benchmark._worker_argv(argparse.Namespace(**{**vars(args), "seed": seed}), "default", "out.json")
+        assert benchmark.parse_args(worker_argv[2:]).seed == seed
