@@ -41,10 +41,15 @@ def is_conditional(model):
     return len(model.inputs) == 2
 
 
-def encode(encoder, images, labels):
-    """z_mean of each image (a conditional encoder also reads the labels)."""
+def posterior(encoder, images, labels):
+    """(z_mean, z_log_var) of each image (a conditional encoder also reads the labels)."""
     inputs = [images, one_hot(labels)] if is_conditional(encoder) else images
-    return run_model(encoder, inputs)[0]
+    return run_model(encoder, inputs)
+
+
+def encode(encoder, images, labels):
+    """z_mean of each image."""
+    return posterior(encoder, images, labels)[0]
 
 
 def decode(decoder, z, labels=None):
@@ -198,12 +203,11 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
                                "Straight lines in the latent space between two test images (z_mean)", path)
 
 
-def plot_traversals(encoder, decoder, test_images, test_labels, path, image_index=0, steps=11, limit=3.0):
-    """One row per active latent dimension (mean KL over `test_images` above ACTIVE_UNIT_NATS),
-    most informative first: that dimension set to values from -limit to limit, the others held
-    at one test image's z_mean. With no active dimension, the one with the largest KL is shown."""
-    inputs = [test_images, one_hot(test_labels)] if is_conditional(encoder) else test_images
-    z_mean, z_log_var = run_model(encoder, inputs)
+def plot_traversals(decoder, z_mean, z_log_var, test_labels, path, image_index=0, steps=11, limit=3.0):
+    """One row per active latent dimension (mean KL over the test images' posteriors above
+    ACTIVE_UNIT_NATS), most informative first: that dimension set to values from -limit to
+    limit, the others held at one test image's z_mean. With no active dimension, the one with
+    the largest KL is shown."""
     mean_kl = kl_per_dimension(z_mean, z_log_var).mean(axis=0)
     order = np.argsort(-mean_kl)
     active = [d for d in order if mean_kl[d] > ACTIVE_UNIT_NATS]
@@ -225,7 +229,7 @@ def plot_traversals(encoder, decoder, test_images, test_labels, path, image_inde
 def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None):
     """Write every plot of a trained model into `plots_dir`."""
     os.makedirs(plots_dir, exist_ok=True)
-    z_mean = encode(encoder, test_images, test_labels)
+    z_mean, z_log_var = posterior(encoder, test_images, test_labels)  # encoded once for every plot below
     suffix = ", conditional VAE" if is_conditional(decoder) else ""
     _save(latent_space_figure(z_mean, test_labels, class_names, suffix), os.path.join(plots_dir, "latent_space.png"))
     shown = slice(0, 10)
@@ -234,7 +238,7 @@ def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir,
     plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
     plot_interpolation(decoder, z_mean, test_labels, class_names, os.path.join(plots_dir, "interpolation.png"), seed=seed)
     if z_mean.shape[1] > 2:  # two dimensions are already drawn whole by the manifold
-        plot_traversals(encoder, decoder, test_images, test_labels, os.path.join(plots_dir, "traversals.png"))
+        plot_traversals(decoder, z_mean, z_log_var, test_labels, os.path.join(plots_dir, "traversals.png"))
     if not is_conditional(decoder):
         plot_manifold(decoder, os.path.join(plots_dir, "manifold.png"))
         return
