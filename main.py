@@ -119,7 +119,7 @@ class Config:
     conditional: bool = setting(False, "conditional VAE: encoder and decoder also read the one-hot class label")
     beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
     kl_warmup_epochs: int = setting(0, "raise the KL weight linearly from 0 to --beta over this many epochs", non_negative_int)
-    # Training: measured on a held-out part of the training set (see README, Performance)
+    # Training: measured on a held-out part of the training set (see docs/performance.md)
     epochs: int = setting(9, "passes over the training set; 9 keep a default run under 10 minutes on a 2-core CPU", positive_int)
     batch_size: int = setting(64, "images per gradient step; 64 beat 128 per second of training", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
