@@ -1,5 +1,5 @@
-"""The Keras callbacks of a training run: safe checkpoints and backups, the KL schedule,
-pictures in TensorBoard.
+"""The Keras callbacks of a training run: safe checkpoints and backups, Ctrl-C that is
+never lost, the KL schedule, pictures in TensorBoard.
 
 `main.make_callbacks` picks which of them a run uses. The checkpoint and the backup skip
 any epoch whose loss is NaN or infinite, so a diverging run never overwrites good weights.
@@ -8,6 +8,8 @@ any epoch whose loss is NaN or infinite, so a diverging run never overwrites goo
 import contextlib
 import math
 import os
+import signal
+import threading
 
 import keras
 import numpy as np
@@ -60,6 +62,39 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         if self.write and all_finite(logs):
             super().on_epoch_end(epoch, logs)
+
+
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Ctrl-C stops training even when it lands inside code that catches every exception.
+
+    Python raises KeyboardInterrupt wherever the program is when Ctrl-C arrives. Keras'
+    model saving has a bare `except:` around its temporary file, so a press during the
+    epoch's checkpoint save was swallowed and the run went on to the end. While training,
+    the SIGINT handler also remembers the press, and the next batch raises it again.
+    Under nohup (SIGINT ignored) or off the main thread, nothing changes.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.pressed, self.previous_handler = False, None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous_handler = signal.signal(signal.SIGINT, self.press)
+
+    def press(self, signum, frame):
+        self.pressed = True
+        signal.signal(signal.SIGINT, self.previous_handler)  # a second press acts at once, as usual
+        raise KeyboardInterrupt
+
+    def raise_if_pressed(self, *args, **kwargs):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = raise_if_pressed
+
+    def on_train_end(self, logs=None):
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+        self.raise_if_pressed()
 
 
 # ---------------------------------------------------------------------------------------

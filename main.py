@@ -50,7 +50,8 @@ import data
 import distribution
 import evaluation
 import plotting
-from callbacks import AtomicModelCheckpoint, FiniteBackupAndRestore, KLSchedule, TensorBoardImages, all_finite
+from callbacks import (AtomicModelCheckpoint, FiniteBackupAndRestore, KLSchedule, StopOnCtrlC, TensorBoardImages,
+                       all_finite)
 from data import DataError
 from run_folder import (RunError, check_writable, load_model_file, output_lock, prepare_run, read_metrics,
                         save_models, write_atomically)
@@ -233,6 +234,7 @@ def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
     callbacks = [
         KLSchedule(config.beta, config.kl_warmup_epochs),  # first: the others see kl_weight
         keras.callbacks.TerminateOnNaN(),
+        StopOnCtrlC(),
         AtomicModelCheckpoint(
             os.path.join(config.output_dir, "checkpoint.keras"), monitor="val_loss", save_best_only=True
         ),

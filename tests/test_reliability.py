@@ -6,13 +6,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 
 import keras
+import numpy as np
 import pytest
 
 import main
 import run_folder
+from callbacks import StopOnCtrlC
 from conftest import REPO, quick_config, wait_for_first_epoch
 
 
@@ -84,6 +87,43 @@ def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
     assert process.returncode == 130, stderr[-3000:]
     assert "Interrupted. Run the same command again to resume" in stderr.strip().splitlines()[-1]
     assert (tmp_path / "backup" / "latest.weights.h5").exists()
+
+
+class SwallowCtrlC(keras.callbacks.Callback):
+    """Ctrl-C pressed at the second batch, inside code with a bare `except:`, as Keras' saving has."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(2)  # the KeyboardInterrupt is raised here, and swallowed
+            except:  # noqa: E722
+                pass
+
+
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """Python's own SIGINT handler, even when the suite runs in a background job (SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_swallowed_by_library_code_still_stops_training(ctrl_c_as_in_a_terminal):
+    images = np.zeros((64, 2), "float32")
+    batches = []
+    count_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(images, images, batch_size=8, epochs=1, verbose=0, callbacks=[SwallowCtrlC(), count_batches])
+    assert len(batches) == 8  # without StopOnCtrlC the press is lost and training runs on
+
+    batches.clear()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(images, images, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[StopOnCtrlC(), SwallowCtrlC(), count_batches])
+    assert batches == [0, 1]  # stopped at the next batch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
