@@ -37,6 +37,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.workers import clocks, make_epoch_clock  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = REPO / "benchmarks" / "results" / "latent_sizes"
@@ -73,37 +75,6 @@ def build_mlp_vae(latent_dim=MLP["latent_dim"], hidden_units=MLP["hidden_units"]
     model = VAE(encoder, decoder, seed=seed, name="mlp_vae")
     model(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
     return model
-
-
-def _clocks():
-    return time.perf_counter(), time.process_time()
-
-
-def make_epoch_clock():
-    """A callback recording after each epoch its test -ELBO (val_loss) and the training seconds
-    so far, validation excluded."""
-    import keras
-
-    class EpochClock(keras.callbacks.Callback):
-        """Wall seconds, and CPU seconds of this process (all its threads): on a machine shared
-        with other work the wall clock also counts their time, the CPU clock does not."""
-
-        def on_train_begin(self, logs=None):
-            self.start, self.validating, self.epochs = _clocks(), [0.0, 0.0], []
-
-        def on_test_begin(self, logs=None):
-            keras.ops.convert_to_numpy(self.model.trainable_variables[-1])  # the last step has finished
-            self.test_start = _clocks()
-
-        def on_test_end(self, logs=None):
-            self.validating = [total + now - start for total, now, start in zip(self.validating, _clocks(), self.test_start)]
-
-        def on_epoch_end(self, epoch, logs=None):
-            wall, cpu = (now - start - validating for now, start, validating in zip(_clocks(), self.start, self.validating))
-            self.epochs.append({"epoch": epoch + 1, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-                                **{name: float(value) for name, value in (logs or {}).items()}})
-
-    return EpochClock()
 
 
 def train_worker(name, args):
@@ -168,10 +139,10 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
     seconds = {name: [] for name in models}
     for round_ in range(rounds + 1):  # the first round compiles: not counted
         for name, (model, dataset) in models.items():
-            started = _clocks()
+            started = clocks()
             model.fit(dataset, epochs=1, verbose=0)
             if round_:
-                seconds[name].append([(now - start) / len(train_images) for now, start in zip(_clocks(), started)])
+                seconds[name].append([(now - start) / len(train_images) for now, start in zip(clocks(), started)])
     per_image = {name: {"wall": float(np.median([wall for wall, _ in values])), "cpu": float(np.median([cpu for _, cpu in values]))}
                  for name, values in seconds.items()}
     return {"per_image_seconds": per_image, "images_per_round": len(train_images), "rounds": rounds,

@@ -97,33 +97,43 @@ def _peak_memory_mib():
 # ---------------------------------------------------------------------------------------
 
 
+def clocks():
+    """Wall seconds and CPU seconds of this process (all its threads), now."""
+    return time.perf_counter(), time.process_time()
+
+
 def make_epoch_clock():
-    """A Keras callback recording, at each epoch end, training seconds with validation excluded."""
+    """A Keras callback recording, at each epoch end, training seconds with validation excluded:
+    wall seconds ("seconds") and CPU seconds of this process, all its threads ("cpu_seconds").
+    On a machine shared with other work the wall clock also counts their time, the CPU clock
+    does not."""
     import keras
 
     class EpochClock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.start, self.validation_seconds, self.epochs = time.perf_counter(), 0.0, []
+            self.start, self.validating, self.epochs = clocks(), [0.0, 0.0], []
 
         def on_test_begin(self, logs=None):
             # Wait for the epoch's last training step: JAX dispatches steps asynchronously,
             # and its training time would otherwise be counted as validation.
             keras.ops.convert_to_numpy(self.model.trainable_variables[-1])
-            self.test_start = time.perf_counter()
+            self.test_start = clocks()
 
         def on_test_end(self, logs=None):
-            self.last_validation = time.perf_counter() - self.test_start
-            self.validation_seconds += self.last_validation
+            self.last_validation = time.perf_counter() - self.test_start[0]
+            self.validating = [total + now - start for total, now, start in zip(self.validating, clocks(), self.test_start)]
 
         def on_epoch_begin(self, epoch, logs=None):
             self.last_validation = 0.0
 
         def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
+            now = clocks()
+            wall, cpu = (end - start - validating for end, start, validating in zip(now, self.start, self.validating))
             self.epochs.append({
                 "epoch": epoch + 1,
-                "seconds": now - self.start - self.validation_seconds,
-                "wall_seconds": now - self.start,
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "wall_seconds": now[0] - self.start[0],
                 "validation_seconds": self.last_validation,
                 **{key: float(value) for key, value in (logs or {}).items()},
             })
