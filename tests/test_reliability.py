@@ -22,7 +22,7 @@ from conftest import REPO, quick_config, wait_for_first_epoch
 def command(output_dir, data_dir, *extra):
     """A run long enough to be interrupted mid-epoch (a few seconds per epoch)."""
     return [sys.executable, "main.py", "--data-dir", data_dir, "--output-dir", str(output_dir),
-            "--limit", "12000", "--epochs", "3", "--filters", "8", "--hidden-units", "32",
+            "--limit", "6000", "--epochs", "3", "--filters", "8", "--hidden-units", "32",
             "--iw-samples", "2", "--no-plots", *extra]
 
 
@@ -73,10 +73,10 @@ def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist
     keras.saving.load_model(checkpoint)  # the last complete checkpoint, not a torn one
 
     # The same settings again: the lock the killed run held is free, and training resumes.
-    config = quick_config(tmp_path, mnist_dir, limit=12000, epochs=3, plots=False, iw_samples=2)
+    config = quick_config(tmp_path, mnist_dir, limit=6000, epochs=3, plots=False, iw_samples=2)
     vae, history = main.train(config)
     assert history.epoch[0] >= 1  # continued, not restarted
-    steps_per_epoch = -(-12000 // config.batch_size)
+    steps_per_epoch = -(-6000 // config.batch_size)
     assert int(vae.optimizer.iterations.numpy()) == 3 * steps_per_epoch  # Adam's step count came back too
 
 
