@@ -43,7 +43,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import keras
+# TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs. On others (the
+# AMD EPYC this was tuned on) they make a batch-32 training step about 30 % cheaper and the
+# evaluation 25 % faster (docs/performance.md). Read when TensorFlow is first imported, so it
+# is set before `import keras`; TF_ENABLE_ONEDNN_OPTS=0 in the environment turns it off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import keras  # noqa: E402  (after the setting above)
 import numpy as np
 
 import data
@@ -121,8 +127,8 @@ class Config:
     beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
     kl_warmup_epochs: int = setting(0, "raise the KL weight linearly from 0 to --beta over this many epochs", non_negative_int)
     # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(9, "passes over the training set; 9 keep a default run under 10 minutes on a 2-core CPU", positive_int)
-    batch_size: int = setting(64, "images per gradient step; 64 beat 128 per second of training", positive_int)
+    epochs: int = setting(8, "passes over the training set; 8 keep a default run under 10 minutes on a 2-core CPU", positive_int)
+    batch_size: int = setting(32, "images per gradient step; 32 learn more per second of training than 64 or 128", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
     seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)

@@ -1,11 +1,15 @@
 """The command line: documented flags, refused bad values, one-line errors."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 import main
-from conftest import run_main
+from conftest import REPO, run_main
 
 
 def test_help_documents_every_setting_with_its_default():
@@ -45,3 +49,26 @@ def test_output_path_that_is_a_file_is_refused_before_training(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(main.RunError, match="is a file"):
         main.train(main.Config(output_dir=str(blocker), data_dir=str(tmp_path)))
+
+
+ONEDNN_STATE = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import main
+from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer: are its oneDNN kernels on?
+print(json.dumps(_pywrap_util_port.IsMklEnabled()))
+"""
+
+
+@pytest.mark.parametrize("setting, expected", [(None, True), ("0", False)])
+def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected):
+    """`python main.py` turns TensorFlow's oneDNN kernels on (faster here, off by TensorFlow's
+    default on AMD CPUs); TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off."""
+    pytest.importorskip("tensorflow")
+    environment = {name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        environment["TF_ENABLE_ONEDNN_OPTS"] = setting
+    result = subprocess.run([sys.executable, "-c", ONEDNN_STATE.format(repo=str(REPO))], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) is expected

@@ -155,7 +155,7 @@ def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir,
 def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     """Both workers share one output folder; killed after the first epoch, both resume."""
     output_dir = tmp_path / "shared"
-    settings = "limit=6000, epochs=2, filters=8, hidden_units=32, iw_samples=2, plots=False, image_every=0"
+    settings = "limit=6000, epochs=2, batch_size=64, filters=8, hidden_units=32, iw_samples=2, plots=False, image_every=0"
     workers = start_workers(tmp_path, [output_dir, output_dir], settings)
     wait_for_first_epoch(workers, output_dir)
     for worker in workers:
@@ -202,7 +202,8 @@ sys.path.insert(0, {str(REPO)!r})
 import jax, keras, main
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
-    config = main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode, distribute=mode, {SMALL_RUN})
+    config = main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode, distribute=mode, {SMALL_RUN},
+                         plots=False, image_every=0)  # JAX compiles every new shape: pictures cost most of the time
     _, history = main.train(config)
     result[mode] = history.history
 result["distribution"] = type(keras.distribution.distribution()).__name__

@@ -22,7 +22,7 @@ from conftest import REPO, quick_config, wait_for_first_epoch
 def command(output_dir, data_dir, *extra):
     """A run long enough to be interrupted mid-epoch (a few seconds per epoch)."""
     return [sys.executable, "main.py", "--data-dir", data_dir, "--output-dir", str(output_dir),
-            "--limit", "6000", "--epochs", "3", "--filters", "8", "--hidden-units", "32",
+            "--limit", "6000", "--epochs", "3", "--batch-size", "64", "--filters", "8", "--hidden-units", "32",
             "--iw-samples", "2", "--no-plots", *extra]
 
 
