@@ -18,7 +18,7 @@ def runs(mnist_dir, tmp_path_factory):
     for backend in BACKENDS:
         folder = tmp_path_factory.mktemp(backend)
         result = run_main(["--data-dir", mnist_dir, "--output-dir", str(folder), "--limit", "512", "--epochs", "1",
-                           "--filters", "8", "--hidden-units", "32", "--iw-samples", "4"],
+                           "--batch-size", "64", "--filters", "8", "--hidden-units", "32", "--iw-samples", "4"],
                           env={"KERAS_BACKEND": backend}, timeout=300)
         assert result.returncode == 0, f"{backend}: {result.stderr[-3000:]}"
         folders[backend] = folder
