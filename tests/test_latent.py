@@ -51,8 +51,8 @@ def two_runs(tmp_path_factory, mnist_dir):
     output_dir = tmp_path_factory.mktemp("latent")
     main.train(quick_config(output_dir, mnist_dir, run_name="first", limit=256, plots=False, image_every=0))
     main.main(["--latent-dim", "4", "--run-name", "second", "--data-dir", mnist_dir, "--output-dir", str(output_dir),
-               "--limit", "256", "--epochs", "1", "--batch-size", "64", "--filters", "8", "--hidden-units", "32", "--iw-samples", "4",
-               "--image-every", "0"])
+               "--limit", "256", "--epochs", "1", "--batch-size", "64", "--filters", "8", "--hidden-units", "32",
+               "--iw-samples", "4", "--image-every", "0"])
     return output_dir
 
 

@@ -147,8 +147,8 @@ def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir
     main.train(quick_config(tmp_path, mnist_dir, plots=False))
     kept = {name: digest(tmp_path / name) for name in
             ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras")}
-    arguments = ["--data-dir", mnist_dir, "--output-dir", str(tmp_path), "--limit", "512", "--epochs", "1", "--batch-size", "64",
-                 "--filters", "8", "--hidden-units", "32", "--learning-rate", "1e4"]
+    arguments = ["--data-dir", mnist_dir, "--output-dir", str(tmp_path), "--limit", "512", "--epochs", "1",
+                 "--batch-size", "64", "--filters", "8", "--hidden-units", "32", "--learning-rate", "1e4"]
     with pytest.raises(SystemExit) as exit_info:
         main.main(arguments)
     assert "training diverged" in str(exit_info.value.code) and "--learning-rate" in str(exit_info.value.code)
