@@ -155,7 +155,9 @@ def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir,
 def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     """Both workers share one output folder; killed after the first epoch, both resume."""
     output_dir = tmp_path / "shared"
-    settings = "limit=6000, epochs=2, batch_size=64, filters=8, hidden_units=32, iw_samples=2, plots=False, image_every=0"
+    limit, batch_size = 6000, 64
+    settings = (f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, iw_samples=2, "
+                "plots=False, image_every=0")
     workers = start_workers(tmp_path, [output_dir, output_dir], settings)
     wait_for_first_epoch(workers, output_dir)
     for worker in workers:
@@ -163,7 +165,7 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
         worker.wait()
 
     results, weights = finish(start_workers(tmp_path, [output_dir, output_dir], settings), tmp_path)
-    steps_per_epoch = -(-6000 // 64)
+    steps_per_epoch = -(-limit // batch_size)
     for result in results:
         assert result["epochs"] == [1]  # continued with the second epoch, not restarted
         assert result["optimizer_steps"] == 2 * steps_per_epoch  # Adam's state came back on both
