@@ -61,7 +61,7 @@ from callbacks import (AtomicModelCheckpoint, FiniteBackupAndRestore, KLSchedule
 from data import DataError
 from run_folder import (RunError, check_writable, load_model_file, output_lock, prepare_run, read_metrics,
                         save_models, write_atomically)
-from vae import VAE, Sampling, build_vae  # noqa: F401  (registers the classes for loading)
+from vae import VAE, FusedAdam, Sampling, build_vae  # noqa: F401  (registers the classes for loading)
 
 
 """
@@ -210,7 +210,7 @@ def make_model(config, train_size):
     if config.cosine_decay:
         total_steps = config.epochs * math.ceil(train_size / config.batch_size)
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
-    vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    vae.compile(optimizer=FusedAdam(learning_rate))
     return vae
 
 

@@ -170,6 +170,42 @@ class VAE(keras.Model):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam, with each weight's update in one TensorFlow kernel on TensorFlow.
+
+    Keras writes Adam's update as about ten element-wise operations, each a pass over the
+    weights; with the 4 million weights of the dense layers next to `z` that took a fifth
+    of a batch-32 training step on a 2-core CPU. TensorFlow's `ResourceApplyAdam` kernel
+    computes the same update (same formula, same epsilon) in one pass. Other backends, and
+    the cases that kernel does not cover (AMSGrad, sparse gradients), use Keras' own code.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() != "tensorflow" or self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=ops.power(beta_1, step),
+            beta2_power=ops.power(beta_2, step),
+            lr=ops.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=ops.cast(self.epsilon, dtype),
+            grad=ops.cast(gradient, dtype),
+        )
+
+
 def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0):
     """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
     encoder = build_encoder(image_size, latent_dim, filters, hidden_units, num_classes)

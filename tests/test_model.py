@@ -63,3 +63,21 @@ def test_fit_reports_loss_and_its_parts():
     np.testing.assert_allclose(
         history["val_loss"][0], history["val_reconstruction_loss"][0] + history["val_kl_loss"][0], rtol=1e-4
     )
+
+
+def test_fused_adam_trains_exactly_as_keras_adam():
+    """main.py's optimizer is Keras' Adam with one TensorFlow kernel per update: same weights."""
+    images = np.random.default_rng(3).random((96, 32, 32, 1), dtype=np.float32)
+    trained = []
+    for optimizer_class in (keras.optimizers.Adam, vae_module.FusedAdam):
+        keras.utils.set_random_seed(0)  # the same initial weights for both
+        model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
+        initial = [keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights]
+        schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=6)
+        model.compile(optimizer=optimizer_class(schedule))
+        model.fit(images, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 6
+        trained.append([keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights])
+        assert not any(np.allclose(before, after) for before, after in zip(initial, trained[-1]))
+    for keras_adam, fused_adam in zip(*trained):
+        np.testing.assert_allclose(fused_adam, keras_adam, rtol=1e-4, atol=1e-6)
