@@ -1,4 +1,5 @@
-"""Model: a convolutional encoder and decoder, the Sampling layer and the VAE that trains them.
+"""Model: a convolutional encoder and decoder, the Sampling layer, the VAE that trains them
+and FusedAdam, the Adam it trains with.
 
 The encoder and decoder are plain Functional models of built-in layers, so their saved
 files load anywhere with nothing but `import keras`. Sampling and the loss live in the
