@@ -127,7 +127,7 @@ class Config:
     beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
     kl_warmup_epochs: int = setting(0, "raise the KL weight linearly from 0 to --beta over this many epochs", non_negative_int)
     # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(10, "passes over the training set; 10 keep a default run under 10 minutes on a 2-core CPU", positive_int)
+    epochs: int = setting(10, "passes over the training set; 10 fit a default run into about 10 minutes on a 2-core CPU at full speed", positive_int)
     batch_size: int = setting(32, "images per gradient step; 32 learn more per second of training than 64 or 128", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
