@@ -1,6 +1,6 @@
 """Benchmark: this program's default VAE against the Keras example's small VAE, side by side.
 
-    python benchmarks/benchmark.py            # the full comparison (about an hour on a 2-core CPU)
+    python benchmarks/benchmark.py            # the full comparison (2 1/2 hours on a 2-core CPU at half speed)
     python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
     python benchmarks/benchmark.py --only-backends   # only the per-backend rows (a few minutes)
 
