@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark.py            # the full comparison (2 1/2 hours on a 2-core CPU at half speed)
     python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
-    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (a few minutes)
+    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (40 minutes at half speed)
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 
