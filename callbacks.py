@@ -102,19 +102,9 @@ class StopOnCtrlC(keras.callbacks.Callback):
 # ---------------------------------------------------------------------------------------
 
 
-class KLSchedule(keras.callbacks.Callback):
-    """Sets the KL weight for each epoch, beta * min(1, epoch / warmup_epochs), and logs it.
-
-    Epoch 0 of a 2-epoch warm-up trains with weight 0, epoch 1 with beta / 2, then beta.
-    """
-
-    def __init__(self, beta, warmup_epochs):
-        super().__init__()
-        self.beta, self.warmup_epochs = beta, warmup_epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        fraction = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs else 1.0
-        self.model.kl_weight.assign(self.beta * fraction)
+class LogKLWeight(keras.callbacks.Callback):
+    """Logs the KL weight at each epoch's end as `kl_weight`: beta, or during a KL warm-up
+    (`VAE.start_kl_warmup`) the value it has risen to, step by step."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:  # shown in the progress bar, the history and TensorBoard

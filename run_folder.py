@@ -65,8 +65,8 @@ def output_lock(output_dir):
 
 # Settings that change what the weights mean: a backup made with other values must not
 # be loaded into this model.
-RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "conditional",
-                   "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
+RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "dense_activation",
+                   "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
 
 
 def prepare_run(config, write=True):

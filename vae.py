@@ -12,8 +12,8 @@ from keras import layers, ops
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 
 
-def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
-    """x -> (z_mean, z_log_var): two stride-2 convolutions, then a dense layer.
+def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0, dense_activation="gelu"):
+    """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then a dense layer.
 
     With `num_classes` (a conditional VAE) the one-hot label joins the dense layer, and
     the model takes `[image, one_hot_label]`.
@@ -25,14 +25,16 @@ def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
         x = layers.Concatenate()([x, inputs[1]])
-    x = layers.Dense(hidden_units, activation="relu")(x)
+    # gelu here, relu in the convolutions: in the dense layers gelu gained about 2.7 nats
+    # for 3 % more time, in the convolutions 0.4 more for a quarter more (docs/performance.md).
+    x = layers.Dense(hidden_units, activation=dense_activation)(x)
     # float32 heads: the KL term and the sampling noise are sensitive to rounding.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
     return keras.Model(inputs if num_classes else inputs[0], [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
+def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0, dense_activation="gelu"):
     """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose.
 
     With `num_classes` the model takes `[z, one_hot_label]`.
@@ -45,8 +47,8 @@ def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0):
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
         x = layers.Concatenate()(inputs)
-    x = layers.Dense(hidden_units, activation="relu")(x)
-    x = layers.Dense(base_size * base_size * 2 * filters, activation="relu")(x)
+    x = layers.Dense(hidden_units, activation=dense_activation)(x)
+    x = layers.Dense(base_size * base_size * 2 * filters, activation=dense_activation)(x)
     x = layers.Reshape((base_size, base_size, 2 * filters))(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(x)
@@ -125,7 +127,12 @@ class VAE(keras.Model):
             decoder.input, decoder.get_layer("logits").output, name="decoder_logits"
         )
         # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
-        self.kl_weight = keras.Variable(beta, trainable=False, name="kl_weight")
+        # A model variable, so a resumed run's warm-up goes on where it stopped. Only the
+        # first replica's update counts under tf.distribute (they are all the same).
+        self.kl_weight = keras.Variable(beta, trainable=False, name="kl_weight", aggregation="only_first_replica")
+        # KL warm-up (`start_kl_warmup`): the weight rises by beta / kl_warmup_steps each
+        # training step, from 0 to beta. 0: no warm-up.
+        self.kl_warmup_steps = 0
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
 
@@ -152,8 +159,22 @@ class VAE(keras.Model):
         batch_size = ops.shape(images)[0]
         self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
         self.kl_loss_tracker.update_state(kl_loss, sample_weight=batch_size)
-        kl_weight = self.kl_weight if training else 1.0
-        return scale_for_replicas(reconstruction_loss + kl_weight * kl_loss)
+        kl_weight = ops.copy(self.kl_weight) if training else 1.0  # this step's, a copy: it changes below
+        loss = reconstruction_loss + kl_weight * kl_loss
+        if training and self.kl_warmup_steps:
+            # Inside the step, so the weight rises smoothly on every backend (a callback
+            # setting it each batch would force JAX to copy the whole state every step).
+            self.kl_weight.assign(ops.minimum(self.beta, self.kl_weight + self.beta / self.kl_warmup_steps))
+        return scale_for_replicas(loss)
+
+    def start_kl_warmup(self, steps):
+        """Train the first `steps` steps with a KL weight rising linearly from 0 to beta.
+
+        The encoder first learns to spread the images out in z, and the KL term pulls them
+        towards the prior gradually rather than from the first step.
+        """
+        self.kl_warmup_steps = int(steps)
+        self.kl_weight.assign(0.0 if steps else self.beta)
 
     def get_config(self):
         return {
@@ -207,10 +228,11 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0):
+def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0,
+              dense_activation="gelu"):
     """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
-    encoder = build_encoder(image_size, latent_dim, filters, hidden_units, num_classes)
-    decoder = build_decoder(image_size, latent_dim, filters, hidden_units, num_classes)
+    encoder = build_encoder(image_size, latent_dim, filters, hidden_units, num_classes, dense_activation)
+    decoder = build_decoder(image_size, latent_dim, filters, hidden_units, num_classes, dense_activation)
     vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
     images = keras.ops.zeros((1, image_size, image_size, 1))
     vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)  # create every weight now

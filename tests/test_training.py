@@ -73,7 +73,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
 
 
 def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypatch):
-    config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
+    config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, kl_warmup_epochs=2)
     make_callbacks = main.make_callbacks
     monkeypatch.setattr(main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()])
     with pytest.raises(KeyboardInterrupt):
@@ -83,6 +83,7 @@ def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypa
 
     _, history = main.train(config)
     assert history.epoch == [1]  # only the second epoch ran
+    assert history.history["kl_weight"] == [1.0]  # its KL warm-up went on from 0.5, not from 0
     assert len(os.listdir(tmp_path / "logs")) == 1  # and it logged into the same run
 
 
