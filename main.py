@@ -130,7 +130,7 @@ class Config:
     kl_warmup_epochs: int = setting(1, "raise the KL weight linearly from 0 to --beta over this many epochs, step "
                                     "by step: a lower final loss than the full weight from the start", non_negative_int)
     # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(10, "passes over the training set; a default run of 10 took about 7 minutes on a 2-core CPU", positive_int)
+    epochs: int = setting(10, "passes over the training set; a default run of 10 took 7 to 8 minutes on a 2-core CPU", positive_int)
     batch_size: int = setting(32, "images per gradient step; 32 learn more per second of training than 64 or 128", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
