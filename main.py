@@ -131,9 +131,16 @@ class Config:
                                     "by step: a lower final loss than the full weight from the start", non_negative_int)
     # Training: measured on a held-out part of the training set (see docs/performance.md)
     epochs: int = setting(10, "passes over the training set; a default run of 10 took 7 to 8 minutes on a 2-core CPU", positive_int)
-    batch_size: int = setting(32, "images per gradient step; 32 learn more per second of training than 64 or 128", positive_int)
+    batch_size: int = setting(32, "images per gradient step; larger ones cost less per image but want more epochs and "
+                                   "--lr-warmup-epochs (docs/performance.md)", positive_int)
     learning_rate: float = setting(2e-3, "Adam's initial step size", positive_float)
+    lr_warmup_epochs: int = setting(0, "raise the step size linearly from a tenth of --learning-rate to it over this "
+                                    "many epochs first: lets larger batches take larger steps", non_negative_int)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
+    dtype_policy: str = setting("float32", "compute dtype of the hidden layers: mixed_bfloat16 computes the convolutions "
+                                "and dense layers in bfloat16 (weights, z heads, logits and loss stay float32): a fifth "
+                                "less CPU time per image on a CPU with AVX512-BF16; it can be far slower on others",
+                                choices=["float32", "mixed_bfloat16"])
     seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int)
     distribute: str = setting("none", "split each batch over every local GPU (mirrored) or over machines named in "
                               "TF_CONFIG (multi-worker); see docs/distributed.md", choices=distribution.MODES)
@@ -204,19 +211,30 @@ def build_model(config):
         seed=config.seed,
         num_classes=data.NUM_CLASSES if config.conditional else 0,
         dense_activation=config.dense_activation,
+        dtype_policy=config.dtype_policy,
     )
 
 
 def make_model(config, train_size):
-    """The VAE, compiled with Adam; the step size follows a cosine over all the run's steps,
-    and the KL weight rises from 0 over the warm-up's steps."""
+    """The VAE, compiled with Adam; the step size warms up over the first epochs (if asked)
+    and then follows a cosine over the other steps, and the KL weight rises from 0 over the
+    warm-up's steps."""
     vae = build_model(config)
     steps_per_epoch = math.ceil(train_size / config.batch_size)
     vae.start_kl_warmup(config.kl_warmup_epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(config.lr_warmup_epochs * steps_per_epoch, total_steps)
     learning_rate = config.learning_rate
-    if config.cosine_decay:
-        total_steps = config.epochs * steps_per_epoch
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
+    if config.cosine_decay or warmup_steps:
+        # Keras' CosineDecay does both: a linear warm-up from its first argument to
+        # warmup_target, then the cosine to 0 (or, with alpha=1, a constant step size).
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate / 10 if warmup_steps else learning_rate,
+            decay_steps=max(1, total_steps - warmup_steps),
+            alpha=0.0 if config.cosine_decay else 1.0,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     vae.compile(optimizer=FusedAdam(learning_rate))
     return vae
 

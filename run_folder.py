@@ -66,7 +66,8 @@ def output_lock(output_dir):
 # Settings that change what the weights mean: a backup made with other values must not
 # be loaded into this model.
 RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "dense_activation",
-                   "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay")
+                   "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay",
+                   "lr_warmup_epochs", "dtype_policy")
 
 
 def prepare_run(config, write=True):

@@ -1,8 +1,8 @@
 """Benchmark: this program's default VAE against the Keras example's small VAE, side by side.
 
-    python benchmarks/benchmark.py            # the full comparison (2 1/2 hours on a 2-core CPU at half speed)
+    python benchmarks/benchmark.py            # the full comparison (50 minutes on a 2-core CPU; 2 1/2 hours at half speed)
     python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
-    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (40 minutes at half speed)
+    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (20 minutes; 40 at half speed)
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 

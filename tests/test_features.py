@@ -88,3 +88,44 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
 def test_negative_counts_are_refused(flag):
     with pytest.raises(SystemExit):
         main.parse_args([flag, "-1"])
+
+
+def step_sizes(config, steps, train_size=640):
+    """Adam's step size at each of `steps`, as make_model(config) sets it up."""
+    optimizer = main.make_model(config, train_size).optimizer
+    sizes = []
+    for step in steps:
+        optimizer.iterations.assign(step)
+        sizes.append(float(optimizer.learning_rate))
+    return sizes
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine():
+    # 640 images in batches of 64: 10 steps an epoch, 30 in all, the first 10 warming up.
+    settings = dict(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=1)
+    np.testing.assert_allclose(step_sizes(main.Config(**settings), [0, 5, 10, 20, 30]),
+                               [1e-4, 5.5e-4, 1e-3, 5e-4, 0.0], rtol=1e-4, atol=1e-9)
+    # Without the cosine, the step size stays at its top after the warm-up.
+    np.testing.assert_allclose(step_sizes(main.Config(**settings, cosine_decay=False), [0, 10, 30]),
+                               [1e-4, 1e-3, 1e-3], rtol=1e-4)
+    # No warm-up by default: the cosine starts at the full step size.
+    np.testing.assert_allclose(step_sizes(main.Config(epochs=3, batch_size=64, learning_rate=1e-3), [0, 15]),
+                               [1e-3, 5e-4], rtol=1e-4)
+
+
+def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, mnist_dir):
+    model, history = main.train(quick_config(tmp_path, mnist_dir, dtype_policy="mixed_bfloat16", limit=256,
+                                             plots=False))
+    assert np.isfinite(history.history["val_loss"][0])
+    assert model.encoder.layers[1].compute_dtype == "bfloat16"
+    images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    expected, _ = model.encoder.predict(images, verbose=0)
+    assert expected.dtype == np.float32  # the heads stay float32
+    reloaded = run_python(f"""
+import json, keras, numpy as np
+encoder = keras.saving.load_model({str(tmp_path / 'models' / 'encoder.keras')!r})
+z_mean, _ = encoder.predict(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32), verbose=0)
+print(json.dumps({{"z_mean": z_mean.tolist(), "dtype": encoder.layers[1].compute_dtype}}))
+""", cwd=tmp_path)
+    assert reloaded["dtype"] == "bfloat16"
+    np.testing.assert_allclose(reloaded["z_mean"], expected, rtol=1e-5, atol=1e-6)
