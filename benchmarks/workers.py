@@ -160,7 +160,9 @@ def run_training_worker(name, args):
         description = (f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
                        f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, batch "
                        f"{config.batch_size}, Adam {config.learning_rate:g}"
-                       f"{' with cosine decay' if config.cosine_decay else ''}, KL warm-up {config.kl_warmup_epochs} epochs")
+                       f"{' with cosine decay' if config.cosine_decay else ''}"
+                       f"{f' after a {config.lr_warmup_epochs}-epoch warm-up' if config.lr_warmup_epochs else ''}, "
+                       f"KL warm-up {config.kl_warmup_epochs} epochs")
     else:
         keras.config.set_dtype_policy("float32")
         epochs = args.epochs_baseline or BASELINE["epochs"]
