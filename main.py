@@ -216,9 +216,9 @@ def build_model(config):
 
 
 def make_model(config, train_size):
-    """The VAE, compiled with Adam; the step size warms up over the first epochs (if asked)
-    and then follows a cosine over the other steps, and the KL weight rises from 0 over the
-    warm-up's steps."""
+    """The VAE, compiled with Adam. Two warm-ups, each over its own number of epochs: the
+    step size rises from a tenth of --learning-rate before the cosine (if asked), and the KL
+    weight rises from 0 to --beta."""
     vae = build_model(config)
     steps_per_epoch = math.ceil(train_size / config.batch_size)
     vae.start_kl_warmup(config.kl_warmup_epochs * steps_per_epoch)
