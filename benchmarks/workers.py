@@ -149,6 +149,8 @@ def run_training_worker(name, args):
 
     overrides = {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed}
     config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
+    if name == "default":
+        config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
     keras.utils.set_random_seed(config.seed)
     (train_images, _), (test_images, _) = main.load_images(config)
     if name == "default":

@@ -31,11 +31,12 @@ def fashion_mnist_dir():
 
 
 def quick_config(output_dir, data_dir, **overrides):
-    """A few-second run on a small real subset."""
+    """A few-second run on a small real subset, in float32 on every machine (the default,
+    auto, would time both dtypes first and could choose either)."""
     import main
 
     settings = dict(data_dir=data_dir, output_dir=str(output_dir), limit=512, epochs=1, batch_size=64,
-                    filters=8, hidden_units=32, iw_samples=4)
+                    filters=8, hidden_units=32, iw_samples=4, dtype_policy="float32")
     settings.update(overrides)
     return main.Config(**settings)
 

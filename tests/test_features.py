@@ -1,6 +1,7 @@
 """Fashion-MNIST, the conditional VAE, beta and KL warm-up, pictures in TensorBoard."""
 
 import glob
+import json
 
 import numpy as np
 import pytest
@@ -108,8 +109,9 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     # Without the cosine, the step size stays at its top after the warm-up.
     np.testing.assert_allclose(step_sizes(main.Config(**settings, cosine_decay=False), [0, 10, 30]),
                                [1e-4, 1e-3, 1e-3], rtol=1e-4)
-    # No warm-up by default: the cosine starts at the full step size.
-    np.testing.assert_allclose(step_sizes(main.Config(epochs=3, batch_size=64, learning_rate=1e-3), [0, 15]),
+    # Without a warm-up the cosine starts at the full step size.
+    np.testing.assert_allclose(step_sizes(main.Config(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=0),
+                                          [0, 15]),
                                [1e-3, 5e-4], rtol=1e-4)
 
 
@@ -129,3 +131,25 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "dtype": encoder.layers[1].compute
 """, cwd=tmp_path)
     assert reloaded["dtype"] == "bfloat16"
     np.testing.assert_allclose(reloaded["z_mean"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bfloat16_seconds, expected", [(0.5, "mixed_bfloat16"), (0.95, "float32"), (6.0, "float32")])
+def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(monkeypatch, bfloat16_seconds, expected):
+    import vae
+
+    timings = {"float32": 1.0, "mixed_bfloat16": bfloat16_seconds}
+    monkeypatch.setattr(vae, "step_seconds", lambda policy, *shape: timings[policy])
+    vae.fastest_dtype_policy.cache_clear()
+    try:
+        config = main.resolve_dtype_policy(main.Config(dtype_policy="auto"))
+    finally:
+        vae.fastest_dtype_policy.cache_clear()  # later tests time the real steps again
+    assert config.dtype_policy == expected
+    assert main.resolve_dtype_policy(main.Config(dtype_policy="float32")).dtype_policy == "float32"
+
+
+def test_auto_dtype_policy_run_records_what_it_trained_in(tmp_path, mnist_dir):
+    model, _ = main.train(quick_config(tmp_path, mnist_dir, dtype_policy="auto", limit=256, plots=False))
+    chosen = json.loads((tmp_path / "models" / "metrics.json").read_text())["config"]["dtype_policy"]
+    assert chosen in ("float32", "mixed_bfloat16")
+    assert model.encoder.layers[1].dtype_policy.name == chosen
