@@ -61,7 +61,8 @@ from callbacks import (AtomicModelCheckpoint, FiniteBackupAndRestore, LogKLWeigh
 from data import DataError
 from run_folder import (RunError, check_writable, load_model_file, output_lock, prepare_run, read_metrics,
                         save_models, write_atomically)
-from vae import VAE, FusedAdam, Sampling, build_vae, fastest_dtype_policy  # noqa: F401  (registers the classes for loading)
+from vae import VAE, FusedAdam, Sampling, build_vae  # noqa: F401  (registers the classes for loading)
+from vae import fastest_dtype_policy
 
 
 """
