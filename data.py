@@ -201,4 +201,9 @@ def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Two batches ready ahead, and tf.data's autotuning off: the images are already in
+    # memory, and on a 2-core CPU the tuner held up the first step of some epochs by about
+    # 2 seconds (docs/performance.md).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).prefetch(2).with_options(options)

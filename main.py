@@ -140,7 +140,7 @@ class Config:
                                     "many epochs first: lets large batches take large steps", non_negative_int)
     cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
     dtype_policy: str = setting("auto", "compute dtype of the hidden layers: mixed_bfloat16 computes the convolutions "
-                                "and dense layers in bfloat16 (weights, z heads, logits and loss stay float32); auto "
+                                "and dense layers in bfloat16 (weights, z heads and loss stay float32); auto "
                                 "times a few steps of each at start and takes bfloat16 only where clearly faster",
                                 choices=["auto", "float32", "mixed_bfloat16"])
     seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run on the same machine", int)

@@ -3,6 +3,7 @@
 import glob
 import json
 
+import keras
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -123,6 +124,11 @@ def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, 
     images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     expected, _ = model.encoder.predict(images, verbose=0)
     assert expected.dtype == np.float32  # the heads stay float32
+    # The last layer computes in bfloat16 too, but users and the loss get float32.
+    probabilities = model.decoder.predict(expected, verbose=0)
+    assert probabilities.dtype == np.float32 and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    outputs = model(images)
+    assert {keras.backend.standardize_dtype(outputs[key].dtype) for key in ("logits", "reconstruction")} == {"float32"}
     reloaded = run_python(f"""
 import json, keras, numpy as np
 encoder = keras.saving.load_model({str(tmp_path / 'models' / 'encoder.keras')!r})
