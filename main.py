@@ -131,7 +131,7 @@ class Config:
     kl_warmup_epochs: int = setting(1, "raise the KL weight linearly from 0 to --beta over this many epochs, step "
                                     "by step: a lower final loss than the full weight from the start", non_negative_int)
     # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(20, "passes over the training set; a default run of 20 took about 7 minutes on a 2-core "
+    epochs: int = setting(20, "passes over the training set; a default run of 20 took 6 to 7 minutes on a 2-core "
                           "CPU with AVX512-BF16 (docs/performance.md)", positive_int)
     batch_size: int = setting(256, "images per gradient step: large batches use the CPU's vector units fully; with "
                                    "the step-size warm-up they learn as much per image as batch 32 did", positive_int)

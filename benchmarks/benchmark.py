@@ -1,6 +1,6 @@
 """Benchmark: this program's default VAE against the Keras example's small VAE, side by side.
 
-    python benchmarks/benchmark.py            # the full comparison (48 minutes on a 2-core CPU; 2 1/2 hours at half speed)
+    python benchmarks/benchmark.py            # the full comparison (40 to 48 minutes on a 2-core CPU; 2 1/2 hours at half speed)
     python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
     python benchmarks/benchmark.py --only-backends   # only the per-backend rows (20 minutes; 40 at half speed)
 
