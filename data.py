@@ -202,8 +202,8 @@ def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     # Two batches ready ahead, and tf.data's autotuning off: the images are already in
-    # memory, and on a 2-core CPU the tuner held up the first step of some epochs by about
-    # 2 seconds (docs/performance.md).
+    # memory, and on a 2-core CPU the tuner left one core idle in some epochs, which then
+    # took up to twice as long (docs/performance.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(2).with_options(options)
