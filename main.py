@@ -126,6 +126,8 @@ class Config:
     hidden_units: int = setting(512, "width of the dense layers next to z: the widest lever on quality per second", positive_int)
     dense_activation: str = setting("gelu", "activation of the dense layers next to z (the convolutions use relu): "
                                     "gelu learns faster than relu at almost no cost", choices=["gelu", "relu", "silu"])
+    conv_bias: bool = setting(False, "give the convolutions biases: about 7 percent more time per step for no measured "
+                              "gain (the dense layers have theirs)")
     conditional: bool = setting(False, "conditional VAE: encoder and decoder also read the one-hot class label")
     beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
     kl_warmup_epochs: int = setting(1, "raise the KL weight linearly from 0 to --beta over this many epochs, step "
@@ -223,6 +225,7 @@ def build_model(config):
         seed=config.seed,
         num_classes=data.NUM_CLASSES if config.conditional else 0,
         dense_activation=config.dense_activation,
+        conv_bias=config.conv_bias,
         dtype_policy=resolve_dtype_policy(config).dtype_policy,
     )
 

@@ -67,7 +67,7 @@ def output_lock(output_dir):
 # be loaded into this model. Not the compute dtype: the weights are float32 in both, so
 # a run may go on in the other one (--dtype-policy auto may choose it on another machine).
 RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "dense_activation",
-                   "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay",
+                   "conv_bias", "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay",
                    "lr_warmup_epochs")
 
 
