@@ -285,9 +285,9 @@ class FusedAdam(keras.optimizers.Adam):
 def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0,
               dense_activation="gelu", dtype_policy=None, conv_bias=False):
     """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
-    shape = (image_size, latent_dim, filters, hidden_units, num_classes, dense_activation, dtype_policy, conv_bias)
-    encoder = build_encoder(*shape)
-    decoder = build_decoder(*shape)
+    arguments = (image_size, latent_dim, filters, hidden_units, num_classes, dense_activation, dtype_policy, conv_bias)
+    encoder = build_encoder(*arguments)
+    decoder = build_decoder(*arguments)
     vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
     images = keras.ops.zeros((1, image_size, image_size, 1))
     vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)  # create every weight now

@@ -91,7 +91,7 @@ def test_fused_adam_trains_exactly_as_keras_adam():
     trained = []
     for optimizer_class in (keras.optimizers.Adam, vae_module.FusedAdam):
         keras.utils.set_random_seed(0)  # the same initial weights for both
-        # With conv biases: without them this tiny model turns the two kernels' rounding
+        # With conv biases: without them this tiny model turns the two optimizers' rounding
         # differences (1e-7 after one step) into 1e-3 within a few steps.
         model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0, conv_bias=True)
         initial = [keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights]
