@@ -76,8 +76,10 @@ class StopOnCtrlC(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.pressed, self.previous_handler = False, None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self.previous_handler = signal.signal(signal.SIGINT, self.press)
 
     def press(self, signum, frame):
@@ -132,11 +134,15 @@ class TensorBoardImages(keras.callbacks.Callback):
         reconstructions = plotting.decode(decoder, z_mean[shown], self.labels[shown])
         side_by_side = np.concatenate([self.images[shown], reconstructions], axis=2)
         samples = plotting.prior_samples(decoder, 16, seed=self.seed)
-        scatter = plotting.figure_png(plotting.latent_space_figure(z_mean, self.labels, self.class_names))
+        scatter = plotting.figure_png(
+            plotting.latent_space_figure(z_mean, self.labels, self.class_names)
+        )
         if self.writer is None:
             self.writer = tf.summary.create_file_writer(self.log_dir)
         with self.writer.as_default(step=epoch):
-            tf.summary.image("reconstructions (original | reconstruction)", side_by_side, max_outputs=16)
+            tf.summary.image(
+                "reconstructions (original | reconstruction)", side_by_side, max_outputs=16
+            )
             tf.summary.image("samples from the prior", samples, max_outputs=16)
             tf.summary.image("latent space", tf.image.decode_png(scatter)[None])
         self.writer.flush()
@@ -144,4 +150,3 @@ class TensorBoardImages(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.close()
-

@@ -16,8 +16,16 @@ import numpy as np
 CLASS_NAMES = {
     "mnist": [str(digit) for digit in range(10)],
     "fashion_mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
 }
 
@@ -71,7 +79,9 @@ def read_idx(path, expected_magic):
                     f"expected {expected_magic})"
                 )
             num_dimensions = 3 if kind == "images" else 1
-            shape = struct.unpack(f">{num_dimensions}i", _read_exactly(stream, 4 * num_dimensions, path))
+            shape = struct.unpack(
+                f">{num_dimensions}i", _read_exactly(stream, 4 * num_dimensions, path)
+            )
             if kind == "images" and shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
                 raise DataError(
                     f"{path}: images are {shape[1]}x{shape[2]}, "
@@ -81,7 +91,9 @@ def read_idx(path, expected_magic):
                 raise DataError(f"{path}: header declares {shape[0]} {kind}")
             data = _read_exactly(stream, int(np.prod(shape, dtype=np.int64)), path)
             if stream.read(1):
-                raise DataError(f"{path}: file has data past the {shape[0]} {kind} its header declares")
+                raise DataError(
+                    f"{path}: file has data past the {shape[0]} {kind} its header declares"
+                )
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as error:  # bad gzip stream, unreadable file
@@ -114,7 +126,9 @@ def load_from_directory(data_dir):
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: --data-dir is not a directory")
     npz_path = os.path.join(data_dir, "mnist.npz")
-    if not os.path.exists(_find_file(data_dir, IDX_FILES["train_images"])) and os.path.exists(npz_path):
+    if not os.path.exists(_find_file(data_dir, IDX_FILES["train_images"])) and os.path.exists(
+        npz_path
+    ):
         return _load_npz(npz_path)
     splits = []
     for split in ("train", "test"):
@@ -135,7 +149,9 @@ def _load_npz(path):
         raise DataError(f"{path}: not a readable Keras MNIST .npz ({error})") from None
     for images, labels in splits:
         if images.dtype != np.uint8 or images.shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            raise DataError(f"{path}: images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}")
+            raise DataError(
+                f"{path}: images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}"
+            )
         _check_pair(images, labels, path, path)
     return splits
 

@@ -65,7 +65,9 @@ class Placement:
         if self.mode == "none":
             return "one device"
         replicas = f"{self.replicas} replica{'s' if self.replicas != 1 else ''} ({', '.join(self.devices)})"
-        return f"{self.mode}: {replicas}" + (f", this is {self.worker}" if self.mode == "multi-worker" else "")
+        return f"{self.mode}: {replicas}" + (
+            f", this is {self.worker}" if self.mode == "multi-worker" else ""
+        )
 
 
 def place(mode, batch_size=None):
@@ -80,12 +82,18 @@ def place(mode, batch_size=None):
     if backend == "jax" and mode == "mirrored":
         devices = keras.distribution.list_devices()
         if batch_size is not None and batch_size % len(devices):
-            raise DistributionError(f"--batch-size {batch_size} cannot be split evenly over {len(devices)} devices; "
-                                    f"choose a multiple of {len(devices)}")
+            raise DistributionError(
+                f"--batch-size {batch_size} cannot be split evenly over {len(devices)} devices; "
+                f"choose a multiple of {len(devices)}"
+            )
         # Each batch is split along its first axis over the devices; the weights are copied.
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return Placement(mode, replicas=len(devices), devices=[str(device) for device in devices],
-                         even_batches=True)
+        return Placement(
+            mode,
+            replicas=len(devices),
+            devices=[str(device) for device in devices],
+            even_batches=True,
+        )
     raise DistributionError(
         f"--distribute {mode} is not available on KERAS_BACKEND={backend}: mirrored runs on tensorflow "
         "or jax, multi-worker on tensorflow. Use --distribute none here, or another backend."
@@ -108,8 +116,11 @@ def _place_tensorflow(mode):
     if mode == "mirrored":
         # MirroredStrategy's default is every GPU, or only CPU:0 when there is none; a CPU
         # split into logical devices (tf.config.set_logical_device_configuration) is used whole.
-        devices = [device.name for device in
-                   tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+        devices = [
+            device.name
+            for device in tf.config.list_logical_devices("GPU")
+            or tf.config.list_logical_devices("CPU")
+        ]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         return Placement(mode, strategy.num_replicas_in_sync, strategy=strategy, devices=devices)
 
@@ -117,10 +128,18 @@ def _place_tensorflow(mode):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     task_type, task_id = strategy.cluster_resolver.task_type, strategy.cluster_resolver.task_id
     # TensorFlow's convention: the "chief" task if the cluster has one, else worker 0.
-    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+    is_chief = task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in cluster
+    )
     addresses = [address for tasks in cluster.values() for address in tasks]
-    return Placement(mode, strategy.num_replicas_in_sync, is_chief=is_chief, worker=f"{task_type} {task_id}",
-                     strategy=strategy, devices=addresses)
+    return Placement(
+        mode,
+        strategy.num_replicas_in_sync,
+        is_chief=is_chief,
+        worker=f"{task_type} {task_id}",
+        strategy=strategy,
+        devices=addresses,
+    )
 
 
 def _work_around_scalar_logs(model):
@@ -152,8 +171,11 @@ def read_tf_config():
         cluster, task = tf_config["cluster"], tf_config["task"]
         addresses = cluster[task["type"]]
         if not 0 <= int(task["index"]) < len(addresses):
-            raise IndexError(f"task index {task['index']} but {len(addresses)} {task['type']} addresses")
+            raise IndexError(
+                f"task index {task['index']} but {len(addresses)} {task['type']} addresses"
+            )
     except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise DistributionError(f"TF_CONFIG is not a valid cluster description ({error!r}); see "
-                                "docs/distributed.md") from None
+        raise DistributionError(
+            f"TF_CONFIG is not a valid cluster description ({error!r}); see docs/distributed.md"
+        ) from None
     return cluster

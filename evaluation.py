@@ -38,8 +38,10 @@ def data_entropy_floor(images):
 def kl_per_dimension(z_mean, z_log_var):
     """KL(q(z_d|x) || N(0, 1)) of every image and latent dimension d: shape (images, latent)."""
     # The training loss's own KL, summed over a trailing axis of length 1.
-    per_dimension = kl_divergence(keras.ops.convert_to_tensor(z_mean)[..., None],
-                                  keras.ops.convert_to_tensor(z_log_var)[..., None])
+    per_dimension = kl_divergence(
+        keras.ops.convert_to_tensor(z_mean)[..., None],
+        keras.ops.convert_to_tensor(z_log_var)[..., None],
+    )
     return keras.ops.convert_to_numpy(per_dimension)
 
 
@@ -64,18 +66,22 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     started = time.perf_counter()
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
     for start in range(0, len(images), images_per_batch):
-        batch = images[start:start + images_per_batch]
-        conditions = one_hot(labels[start:start + images_per_batch]) if vae.conditional else None
+        batch = images[start : start + images_per_batch]
+        conditions = one_hot(labels[start : start + images_per_batch]) if vae.conditional else None
         encoded = vae.encoder.predict_on_batch([batch, conditions] if vae.conditional else batch)
         z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoded)
         epsilon = rng.standard_normal((len(batch), samples, z_mean.shape[1]))
-        z = (z_mean[:, None] + np.exp(0.5 * z_log_var[:, None]) * epsilon).reshape(-1, z_mean.shape[1])
+        z = (z_mean[:, None] + np.exp(0.5 * z_log_var[:, None]) * epsilon).reshape(
+            -1, z_mean.shape[1]
+        )
         z = z.astype(np.float32)  # (batch * K, latent): all K samples decoded in one call
         logits = vae.decoder_logits.predict_on_batch(
             [z, np.repeat(conditions, samples, axis=0)] if vae.conditional else z
         )
         repeated = np.repeat(batch, samples, axis=0)
-        nats = keras.ops.convert_to_numpy(reconstruction_nats(repeated, logits)).reshape(len(batch), samples)
+        nats = keras.ops.convert_to_numpy(reconstruction_nats(repeated, logits)).reshape(
+            len(batch), samples
+        )
         z = z.reshape(len(batch), samples, -1).astype(np.float64)
         log_weights = (
             -nats.astype(np.float64)
@@ -105,7 +111,14 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
 
 
 # Test figures for TensorBoard: the Scalars tab and the HParams tab's columns.
-SUMMARY_FIGURES = ("negative_elbo", "reconstruction_loss", "kl_loss", "iw_nll", "active_units", "data_entropy_floor")
+SUMMARY_FIGURES = (
+    "negative_elbo",
+    "reconstruction_loss",
+    "kl_loss",
+    "iw_nll",
+    "active_units",
+    "data_entropy_floor",
+)
 
 
 def write_tensorboard_summary(run_dir, settings, metrics, training):
@@ -118,8 +131,14 @@ def write_tensorboard_summary(run_dir, settings, metrics, training):
     step = training.get("epochs_trained", 0)
     writer = tf.summary.create_file_writer(run_dir)
     with writer.as_default():
-        hparams_api.hparams({name: value for name, value in settings.items() if isinstance(value, (bool, int, float, str))},
-                            trial_id=os.path.basename(os.path.normpath(run_dir)))
+        hparams_api.hparams(
+            {
+                name: value
+                for name, value in settings.items()
+                if isinstance(value, (bool, int, float, str))
+            },
+            trial_id=os.path.basename(os.path.normpath(run_dir)),
+        )
     writer.close()
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "evaluation"))
     with writer.as_default():

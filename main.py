@@ -56,14 +56,26 @@ import data
 import distribution
 import evaluation
 import plotting
-from callbacks import (AtomicModelCheckpoint, FiniteBackupAndRestore, LogKLWeight, StopOnCtrlC, TensorBoardImages,
-                       all_finite)
+from callbacks import (
+    AtomicModelCheckpoint,
+    FiniteBackupAndRestore,
+    LogKLWeight,
+    StopOnCtrlC,
+    TensorBoardImages,
+    all_finite,
+)
 from data import DataError
-from run_folder import (RunError, check_writable, load_model_file, output_lock, prepare_run, read_metrics,
-                        save_models, write_atomically)
-from vae import VAE, FusedAdam, Sampling, build_vae  # noqa: F401  (registers the classes for loading)
-from vae import fastest_dtype_policy
-
+from run_folder import (
+    RunError,
+    check_writable,
+    load_model_file,
+    output_lock,
+    prepare_run,
+    read_metrics,
+    save_models,
+    write_atomically,
+)
+from vae import VAE, FusedAdam, Sampling, build_vae, fastest_dtype_policy  # noqa: F401  (registers the classes for loading)
 
 """
 ## Config
@@ -97,7 +109,9 @@ def non_negative_float(text):
 def class_index(text):
     value = int(text)
     if not 0 <= value < data.NUM_CLASSES:
-        raise argparse.ArgumentTypeError(f"must be a class index from 0 to {data.NUM_CLASSES - 1}, got {text}")
+        raise argparse.ArgumentTypeError(
+            f"must be a class index from 0 to {data.NUM_CLASSES - 1}, got {text}"
+        )
     return value
 
 
@@ -117,47 +131,123 @@ def setting(default, help, type=None, choices=None):
 class Config:
     # Data
     dataset: str = setting("mnist", "which images to learn", choices=sorted(data.CLASS_NAMES))
-    data_dir: str = setting(None, "folder with the four IDX .gz files (or mnist.npz); default: Keras' download cache")
-    limit: int = setting(None, "use only the first N training and N // 6 test images (quick tries, tests)", positive_int)
-    image_size: int = setting(32, "pad 28x28 images to this size; divisible by 4 for the two stride-2 layers", positive_int)
+    data_dir: str = setting(
+        None, "folder with the four IDX .gz files (or mnist.npz); default: Keras' download cache"
+    )
+    limit: int = setting(
+        None,
+        "use only the first N training and N // 6 test images (quick tries, tests)",
+        positive_int,
+    )
+    image_size: int = setting(
+        32,
+        "pad 28x28 images to this size; divisible by 4 for the two stride-2 layers",
+        positive_int,
+    )
     # Model
-    latent_dim: int = setting(2, "dimensions of z; 2 lets the latent space be plotted directly", positive_int)
-    filters: int = setting(32, "channels of the first conv layer (the second has twice as many)", positive_int)
-    hidden_units: int = setting(512, "width of the dense layers next to z: the widest lever on quality per second", positive_int)
-    dense_activation: str = setting("gelu", "activation of the dense layers next to z (the convolutions use relu): "
-                                    "gelu learns faster than relu at almost no cost", choices=["gelu", "relu", "silu"])
-    conv_bias: bool = setting(False, "give the convolutions biases: about 7 percent more time per step for no measured "
-                              "gain (the dense layers have theirs)")
-    conditional: bool = setting(False, "conditional VAE: encoder and decoder also read the one-hot class label")
-    beta: float = setting(1.0, "weight of the KL term while training (beta-VAE); val_loss always uses 1", non_negative_float)
-    kl_warmup_epochs: int = setting(1, "raise the KL weight linearly from 0 to --beta over this many epochs, step "
-                                    "by step: a lower final loss than the full weight from the start", non_negative_int)
+    latent_dim: int = setting(
+        2, "dimensions of z; 2 lets the latent space be plotted directly", positive_int
+    )
+    filters: int = setting(
+        32, "channels of the first conv layer (the second has twice as many)", positive_int
+    )
+    hidden_units: int = setting(
+        512,
+        "width of the dense layers next to z: the widest lever on quality per second",
+        positive_int,
+    )
+    dense_activation: str = setting(
+        "gelu",
+        "activation of the dense layers next to z (the convolutions use relu): "
+        "gelu learns faster than relu at almost no cost",
+        choices=["gelu", "relu", "silu"],
+    )
+    conv_bias: bool = setting(
+        False,
+        "give the convolutions biases: about 7 percent more time per step for no measured "
+        "gain (the dense layers have theirs)",
+    )
+    conditional: bool = setting(
+        False, "conditional VAE: encoder and decoder also read the one-hot class label"
+    )
+    beta: float = setting(
+        1.0,
+        "weight of the KL term while training (beta-VAE); val_loss always uses 1",
+        non_negative_float,
+    )
+    kl_warmup_epochs: int = setting(
+        1,
+        "raise the KL weight linearly from 0 to --beta over this many epochs, step "
+        "by step: a lower final loss than the full weight from the start",
+        non_negative_int,
+    )
     # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(20, "passes over the training set; a default run of 20 took 6 to 7 minutes on a 2-core "
-                          "CPU with AVX512-BF16 (docs/performance.md)", positive_int)
-    batch_size: int = setting(256, "images per gradient step: large batches use the CPU's vector units fully; with "
-                                   "the step-size warm-up they learn as much per image as batch 32 did", positive_int)
+    epochs: int = setting(
+        20,
+        "passes over the training set; a default run of 20 took 6 to 7 minutes on a 2-core "
+        "CPU with AVX512-BF16 (docs/performance.md)",
+        positive_int,
+    )
+    batch_size: int = setting(
+        256,
+        "images per gradient step: large batches use the CPU's vector units fully; with "
+        "the step-size warm-up they learn as much per image as batch 32 did",
+        positive_int,
+    )
     learning_rate: float = setting(4e-3, "Adam's step size after the warm-up", positive_float)
-    lr_warmup_epochs: int = setting(1, "raise the step size linearly from a tenth of --learning-rate to it over this "
-                                    "many epochs first: lets large batches take large steps", non_negative_int)
-    cosine_decay: bool = setting(True, "decay the step size to 0 along a cosine over the run: a lower final loss")
-    dtype_policy: str = setting("auto", "compute dtype of the hidden layers: mixed_bfloat16 computes the convolutions "
-                                "and dense layers in bfloat16 (weights, z heads and loss stay float32); auto "
-                                "times a few steps of each at start and takes bfloat16 only where clearly faster",
-                                choices=["auto", "float32", "mixed_bfloat16"])
-    seed: int = setting(1337, "seeds weights, shuffling and sampling: the same seed repeats a run on the same machine", int)
-    distribute: str = setting("none", "split each batch over every local GPU (mirrored) or over machines named in "
-                              "TF_CONFIG (multi-worker); see docs/distributed.md", choices=distribution.MODES)
+    lr_warmup_epochs: int = setting(
+        1,
+        "raise the step size linearly from a tenth of --learning-rate to it over this "
+        "many epochs first: lets large batches take large steps",
+        non_negative_int,
+    )
+    cosine_decay: bool = setting(
+        True, "decay the step size to 0 along a cosine over the run: a lower final loss"
+    )
+    dtype_policy: str = setting(
+        "auto",
+        "compute dtype of the hidden layers: mixed_bfloat16 computes the convolutions "
+        "and dense layers in bfloat16 (weights, z heads and loss stay float32); auto "
+        "times a few steps of each at start and takes bfloat16 only where clearly faster",
+        choices=["auto", "float32", "mixed_bfloat16"],
+    )
+    seed: int = setting(
+        1337,
+        "seeds weights, shuffling and sampling: the same seed repeats a run on the same machine",
+        int,
+    )
+    distribute: str = setting(
+        "none",
+        "split each batch over every local GPU (mirrored) or over machines named in "
+        "TF_CONFIG (multi-worker); see docs/distributed.md",
+        choices=distribution.MODES,
+    )
     # Evaluation
-    iw_samples: int = setting(32, "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU", positive_int)
-    evaluate_only: bool = setting(False, "evaluate and plot the saved models/vae.keras instead of training")
+    iw_samples: int = setting(
+        32,
+        "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU",
+        positive_int,
+    )
+    evaluate_only: bool = setting(
+        False, "evaluate and plot the saved models/vae.keras instead of training"
+    )
     # Outputs
     output_dir: str = setting(".", "where checkpoint.keras, logs/, models/, plots/ and backup/ go")
-    run_name: str = setting(None, "TensorBoard folder name under logs/; default: dataset, latent size and start time")
+    run_name: str = setting(
+        None, "TensorBoard folder name under logs/; default: dataset, latent size and start time"
+    )
     fresh: bool = setting(False, "discard an unfinished run's backup and start over")
     plots: bool = setting(True, "draw the PNG plots after training")
-    plot_class: int = setting(None, "conditional, 2-D latent: draw the manifold of this class only (default: every class)", class_index)
-    image_every: int = setting(1, "log reconstructions, samples and the latent scatter to TensorBoard every N epochs (0: never)", non_negative_int)
+    plot_class: int = setting(
+        None,
+        "conditional, 2-D latent: draw the manifold of this class only (default: every class)",
+        class_index,
+    )
+    image_every: int = setting(
+        1,
+        "log reconstructions, samples and the latent scatter to TensorBoard every N epochs (0: never)",
+        non_negative_int,
+    )
 
 
 def parse_args(argv=None):
@@ -170,14 +260,27 @@ def parse_args(argv=None):
         flag = "--" + config_field.name.replace("_", "-")
         options = config_field.metadata
         if config_field.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default, help=options["help"])
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=config_field.default,
+                help=options["help"],
+            )
         else:
             value_type = options["type"] or config_field.type
-            parser.add_argument(flag, type=value_type, default=config_field.default, choices=options["choices"], help=options["help"])
+            parser.add_argument(
+                flag,
+                type=value_type,
+                default=config_field.default,
+                choices=options["choices"],
+                help=options["help"],
+            )
     arguments = parser.parse_args(argv)
     config = Config(**vars(arguments))
     if config.image_size % 4 or config.image_size < data.ORIGINAL_SIZE:
-        parser.error(f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, got {config.image_size}")
+        parser.error(
+            f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, got {config.image_size}"
+        )
     return config
 
 
@@ -190,7 +293,9 @@ The images, padded to --image-size and scaled to [0, 1]; data.py reads and check
 
 def load_images(config):
     """Padded float32 train and test images with their labels."""
-    (x_train, y_train), (x_test, y_test) = data.load_dataset(config.dataset, config.data_dir, config.limit)
+    (x_train, y_train), (x_test, y_test) = data.load_dataset(
+        config.dataset, config.data_dir, config.limit
+    )
     train_images = data.prepare_images(x_train, config.image_size)
     test_images = data.prepare_images(x_test, config.image_size)
     return (train_images, y_train), (test_images, y_test)
@@ -209,8 +314,9 @@ def resolve_dtype_policy(config):
     machine (a few seconds of timed steps, vae.fastest_dtype_policy); others unchanged."""
     if config.dtype_policy != "auto":
         return config
-    policy = fastest_dtype_policy(config.image_size, config.latent_dim, config.filters, config.hidden_units,
-                                  config.batch_size)
+    policy = fastest_dtype_policy(
+        config.image_size, config.latent_dim, config.filters, config.hidden_units, config.batch_size
+    )
     return dataclasses.replace(config, dtype_policy=policy)
 
 
@@ -282,7 +388,9 @@ def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
         keras.callbacks.TerminateOnNaN(),
         StopOnCtrlC(),
         AtomicModelCheckpoint(
-            os.path.join(config.output_dir, "checkpoint.keras"), monitor="val_loss", save_best_only=True
+            os.path.join(config.output_dir, "checkpoint.keras"),
+            monitor="val_loss",
+            save_best_only=True,
         ),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
         # Double checkpoint: if a kill lands mid-write, the previous epoch's backup is used.
@@ -290,8 +398,16 @@ def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
     ]
     if config.image_every:
         shown = slice(0, 2000)  # enough points for the scatter, quick to encode every epoch
-        callbacks.append(TensorBoardImages(os.path.join(log_dir, "images"), test_images[shown], test_labels[shown],
-                                           data.CLASS_NAMES[config.dataset], config.image_every, config.seed))
+        callbacks.append(
+            TensorBoardImages(
+                os.path.join(log_dir, "images"),
+                test_images[shown],
+                test_labels[shown],
+                data.CLASS_NAMES[config.dataset],
+                config.image_every,
+                config.seed,
+            )
+        )
     return callbacks
 
 
@@ -302,31 +418,48 @@ def train(config):
     if placement.is_chief:
         check_writable(config.output_dir)
     with output_lock(config.output_dir) if placement.is_chief else contextlib.nullcontext():
-        config = resolve_dtype_policy(config)  # before seeding: its timed steps draw no numbers that count
+        config = resolve_dtype_policy(
+            config
+        )  # before seeding: its timed steps draw no numbers that count
         keras.utils.set_random_seed(config.seed)
         (train_images, train_labels), (test_images, test_labels) = load_images(config)
         # All images, except where batches must split evenly over devices (JAX): then up to
         # replicas - 1 are left out of training and val_loss (the final evaluation uses all).
-        train_count, test_count = placement.usable(len(train_images)), placement.usable(len(test_images))
-        train_dataset = data.make_dataset(train_images[:train_count], config.batch_size, shuffle=True,
-                                          seed=config.seed, labels=train_labels[:train_count] if config.conditional else None)
-        test_dataset = data.make_dataset(test_images[:test_count], config.batch_size,
-                                         labels=test_labels[:test_count] if config.conditional else None)
+        train_count, test_count = (
+            placement.usable(len(train_images)),
+            placement.usable(len(test_images)),
+        )
+        train_dataset = data.make_dataset(
+            train_images[:train_count],
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            labels=train_labels[:train_count] if config.conditional else None,
+        )
+        test_dataset = data.make_dataset(
+            test_images[:test_count],
+            config.batch_size,
+            labels=test_labels[:test_count] if config.conditional else None,
+        )
 
         with placement.scope():  # the model, its optimizer and metrics live on every replica
             vae = placement.prepare(make_model(config, train_count))
         run_name, resumed = prepare_run(config, write=placement.is_chief)
         log_dir = os.path.join(config.output_dir, "logs")
-        print(f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()} in "
-              f"{config.dtype_policy}: "
-              f"{train_count} training and {test_count} test images. "
-              f"Watch it with: tensorboard --logdir {log_dir}")
+        print(
+            f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()} in "
+            f"{config.dtype_policy}: "
+            f"{train_count} training and {test_count} test images. "
+            f"Watch it with: tensorboard --logdir {log_dir}"
+        )
         started = time.perf_counter()
         history = vae.fit(
             train_dataset,
             validation_data=test_dataset,
             epochs=config.epochs,
-            callbacks=make_callbacks(config, run_name, test_images, test_labels, placement.is_chief),
+            callbacks=make_callbacks(
+                config, run_name, test_images, test_labels, placement.is_chief
+            ),
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         )
         training_seconds = time.perf_counter() - started
@@ -341,7 +474,10 @@ def train(config):
         models_dir = os.path.join(config.output_dir, "models")
         save_models(vae, models_dir)
         trained = one_device_copy(vae, config, placement) if placement.mode != "none" else vae
-        training = {"training_seconds": round(training_seconds, 1), "epochs_trained": len(history.epoch)}
+        training = {
+            "training_seconds": round(training_seconds, 1),
+            "epochs_trained": len(history.epoch),
+        }
         report(trained, config, test_images, test_labels, run_name, training)
         if config.plots:
             draw_plots(trained, config, test_images, test_labels)
@@ -370,11 +506,19 @@ def evaluate_saved_model(config):
         for name in ("dataset", "image_size"):  # evaluating on other data would mislead silently
             if name in trained and trained[name] != getattr(config, name):
                 flag = "--" + name.replace("_", "-")
-                raise RunError(f"models/vae.keras in {config.output_dir} was trained with {flag} {trained[name]}; "
-                               f"add {flag} {trained[name]}")
+                raise RunError(
+                    f"models/vae.keras in {config.output_dir} was trained with {flag} {trained[name]}; "
+                    f"add {flag} {trained[name]}"
+                )
         _, (test_images, test_labels) = load_images(config)
-        report(vae, config, test_images, test_labels, previous.get("run_name", "evaluation"),
-               previous.get("training", {}))
+        report(
+            vae,
+            config,
+            test_images,
+            test_labels,
+            previous.get("run_name", "evaluation"),
+            previous.get("training", {}),
+        )
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae
@@ -391,26 +535,40 @@ to models/metrics.json and logged to TensorBoard.
 def report(vae, config, test_images, test_labels, run_name, training):
     """Evaluate on the test set; print, write models/metrics.json and log to TensorBoard."""
     print(f"Evaluating on {len(test_images)} test images with K = {config.iw_samples} samples each")
-    metrics = evaluation.evaluate(vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed)
-    print(f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
-          f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
-          f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']}); the data's floor "
-          f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions active")
+    metrics = evaluation.evaluate(
+        vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed
+    )
+    print(
+        f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
+        f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
+        f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']}); the data's floor "
+        f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions active"
+    )
     record = {
         "run_name": run_name,
         "test": metrics,
         "training": training,
         "config": dataclasses.asdict(config),
-        "versions": {"python": platform.python_version(), "keras": keras.__version__,
-                     "backend": keras.backend.backend(), "numpy": np.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "numpy": np.__version__,
+        },
     }
     with contextlib.suppress(ImportError):
         import tensorflow as tf
 
         record["versions"]["tensorflow"] = tf.__version__
-        evaluation.write_tensorboard_summary(os.path.join(config.output_dir, "logs", run_name),
-                                             dataclasses.asdict(config), metrics, training)
-    write_atomically(os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2))
+        evaluation.write_tensorboard_summary(
+            os.path.join(config.output_dir, "logs", run_name),
+            dataclasses.asdict(config),
+            metrics,
+            training,
+        )
+    write_atomically(
+        os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2)
+    )
     return metrics
 
 
@@ -423,8 +581,16 @@ The PNG plots of plotting.py, in plots/ under --output-dir.
 
 def draw_plots(vae, config, test_images, test_labels):
     plots_dir = os.path.join(config.output_dir, "plots")
-    plotting.plot_all(vae.encoder, vae.decoder, test_images, test_labels,
-                      data.CLASS_NAMES[config.dataset], plots_dir, seed=config.seed, plot_class=config.plot_class)
+    plotting.plot_all(
+        vae.encoder,
+        vae.decoder,
+        test_images,
+        test_labels,
+        data.CLASS_NAMES[config.dataset],
+        plots_dir,
+        seed=config.seed,
+        plot_class=config.plot_class,
+    )
     print(f"Plots in {plots_dir}")
 
 
@@ -446,7 +612,10 @@ def main(argv=None):
     except (DataError, RunError, distribution.DistributionError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        print("\nInterrupted. Run the same command again to resume from the last finished epoch.", file=sys.stderr)
+        print(
+            "\nInterrupted. Run the same command again to resume from the last finished epoch.",
+            file=sys.stderr,
+        )
         sys.exit(130)
 
 

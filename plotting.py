@@ -29,10 +29,12 @@ def run_model(model, inputs, batch_size=PREDICT_BATCH_SIZE):
     inputs = inputs if isinstance(inputs, list) else [inputs]
     outputs = []
     for start in range(0, len(inputs[0]), batch_size):
-        batch = [array[start:start + batch_size] for array in inputs]
+        batch = [array[start : start + batch_size] for array in inputs]
         result = model(batch if len(batch) > 1 else batch[0], training=False)
-        outputs.append([keras.ops.convert_to_numpy(tensor) for tensor in keras.tree.flatten(result)])
-    merged = [np.concatenate(parts) for parts in zip(*outputs)]
+        outputs.append(
+            [keras.ops.convert_to_numpy(tensor) for tensor in keras.tree.flatten(result)]
+        )
+    merged = [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
     return merged if len(merged) > 1 else merged[0]
 
 
@@ -93,14 +95,21 @@ def latent_space_figure(z_mean, labels, class_names, title_suffix=""):
     latent_dim = z_mean.shape[1]
     points = z_mean if latent_dim == 2 else principal_components(z_mean)
     figure, axes = plt.subplots(figsize=(8, 7))
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3)
+    scatter = axes.scatter(
+        points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3
+    )
     colour_bar = figure.colorbar(scatter, ticks=range(len(class_names)))
     colour_bar.ax.set_yticklabels(class_names)
     if latent_dim == 2:
-        axes.set(title="Test images in the latent space (z_mean)" + title_suffix, xlabel="z[0]", ylabel="z[1]")
+        axes.set(
+            title="Test images in the latent space (z_mean)" + title_suffix,
+            xlabel="z[0]",
+            ylabel="z[1]",
+        )
     else:
         axes.set(
-            title=f"Test images: first two principal components of {latent_dim}-D z_mean" + title_suffix,
+            title=f"Test images: first two principal components of {latent_dim}-D z_mean"
+            + title_suffix,
             xlabel="principal component 1",
             ylabel="principal component 2",
         )
@@ -180,8 +189,14 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
     z = rng.standard_normal((per_class, decoder.inputs[0].shape[-1])).astype(np.float32)
     classes = len(class_names)
     images = decode(decoder, np.tile(z, (classes, 1)), np.repeat(np.arange(classes), per_class))
-    _save_grid_with_row_labels(images, classes, per_class, class_names,
-                               "Each row: one class; each column: one z from N(0, I)", path)
+    _save_grid_with_row_labels(
+        images,
+        classes,
+        per_class,
+        class_names,
+        "Each row: one class; each column: one z from N(0, I)",
+        path,
+    )
 
 
 def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
@@ -196,14 +211,28 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
     weights = np.linspace(0, 1, steps)[None, :, None]  # (pair, step, dimension)
     z = (1 - weights) * z_mean[first][:, None] + weights * z_mean[second][:, None]
     # A conditional decoder's label moves along the line too, from one class to the other.
-    conditions = (1 - weights) * one_hot(labels[first])[:, None] + weights * one_hot(labels[second])[:, None]
-    images = decode(decoder, z.reshape(pairs * steps, -1).astype(np.float32), conditions.reshape(pairs * steps, -1))
+    conditions = (1 - weights) * one_hot(labels[first])[:, None] + weights * one_hot(
+        labels[second]
+    )[:, None]
+    images = decode(
+        decoder,
+        z.reshape(pairs * steps, -1).astype(np.float32),
+        conditions.reshape(pairs * steps, -1),
+    )
     row_labels = [f"{class_names[labels[a]]} -> {class_names[labels[b]]}" for a, b in chosen]
-    _save_grid_with_row_labels(images, pairs, steps, row_labels,
-                               "Straight lines in the latent space between two test images (z_mean)", path)
+    _save_grid_with_row_labels(
+        images,
+        pairs,
+        steps,
+        row_labels,
+        "Straight lines in the latent space between two test images (z_mean)",
+        path,
+    )
 
 
-def plot_traversals(decoder, z_mean, z_log_var, test_labels, path, image_index=0, steps=11, limit=3.0):
+def plot_traversals(
+    decoder, z_mean, z_log_var, test_labels, path, image_index=0, steps=11, limit=3.0
+):
     """One row per active latent dimension (mean KL over the test images' posteriors above
     ACTIVE_UNIT_NATS), most informative first: that dimension set to values from -limit to
     limit, the others held at one test image's z_mean. With no active dimension, the one with
@@ -213,36 +242,71 @@ def plot_traversals(decoder, z_mean, z_log_var, test_labels, path, image_index=0
     active = [d for d in order if mean_kl[d] > ACTIVE_UNIT_NATS]
     dimensions = active or list(order[:1])
     values = np.linspace(-limit, limit, steps)
-    z = np.repeat(z_mean[image_index][None], len(dimensions) * steps, axis=0).reshape(len(dimensions), steps, -1)
+    z = np.repeat(z_mean[image_index][None], len(dimensions) * steps, axis=0).reshape(
+        len(dimensions), steps, -1
+    )
     for row, dimension in enumerate(dimensions):
         z[row, :, dimension] = values
-    images = decode(decoder, z.reshape(len(dimensions) * steps, -1).astype(np.float32),
-                    np.full(len(dimensions) * steps, test_labels[image_index]))
+    images = decode(
+        decoder,
+        z.reshape(len(dimensions) * steps, -1).astype(np.float32),
+        np.full(len(dimensions) * steps, test_labels[image_index]),
+    )
     row_labels = [f"z[{d}] (KL {mean_kl[d]:.2f})" for d in dimensions]
     _save_grid_with_row_labels(
-        images, len(dimensions), steps, row_labels,
+        images,
+        len(dimensions),
+        steps,
+        row_labels,
         f"Each row: one latent dimension set to {-limit:g} ... {limit:g}, the others at test image "
         f"{image_index}'s z_mean\n({len(active)} of {z_mean.shape[1]} dimensions active (mean KL > "
-        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL)", path)
+        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL)",
+        path,
+    )
 
 
-def plot_all(encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None):
+def plot_all(
+    encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None
+):
     """Write every plot of a trained model into `plots_dir`."""
     os.makedirs(plots_dir, exist_ok=True)
-    z_mean, z_log_var = posterior(encoder, test_images, test_labels)  # encoded once for every plot below
+    z_mean, z_log_var = posterior(
+        encoder, test_images, test_labels
+    )  # encoded once for every plot below
     suffix = ", conditional VAE" if is_conditional(decoder) else ""
-    _save(latent_space_figure(z_mean, test_labels, class_names, suffix), os.path.join(plots_dir, "latent_space.png"))
+    _save(
+        latent_space_figure(z_mean, test_labels, class_names, suffix),
+        os.path.join(plots_dir, "latent_space.png"),
+    )
     shown = slice(0, 10)
     reconstructions = decode(decoder, z_mean[shown], test_labels[shown])
-    plot_reconstructions(test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png"))
+    plot_reconstructions(
+        test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
+    )
     plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
-    plot_interpolation(decoder, z_mean, test_labels, class_names, os.path.join(plots_dir, "interpolation.png"), seed=seed)
+    plot_interpolation(
+        decoder,
+        z_mean,
+        test_labels,
+        class_names,
+        os.path.join(plots_dir, "interpolation.png"),
+        seed=seed,
+    )
     if z_mean.shape[1] > 2:  # two dimensions are already drawn whole by the manifold
-        plot_traversals(decoder, z_mean, z_log_var, test_labels, os.path.join(plots_dir, "traversals.png"))
+        plot_traversals(
+            decoder, z_mean, z_log_var, test_labels, os.path.join(plots_dir, "traversals.png")
+        )
     if not is_conditional(decoder):
         plot_manifold(decoder, os.path.join(plots_dir, "manifold.png"))
         return
-    plot_class_samples(decoder, class_names, os.path.join(plots_dir, "class_samples.png"), seed=seed)
+    plot_class_samples(
+        decoder, class_names, os.path.join(plots_dir, "class_samples.png"), seed=seed
+    )
     if decoder.inputs[0].shape[-1] == 2:  # one manifold per class shows how style varies
         for label in range(len(class_names)) if plot_class is None else [plot_class]:
-            plot_manifold(decoder, os.path.join(plots_dir, f"manifold_class{label}.png"), label, class_names[label])
+            plot_manifold(
+                decoder,
+                os.path.join(plots_dir, f"manifold_class{label}.png"),
+                label,
+                class_names[label],
+            )

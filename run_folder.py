@@ -36,9 +36,14 @@ class RunError(ValueError):
 
 def check_writable(output_dir):
     """Fail before training, not after it, if the outputs cannot be written."""
-    for folder in (output_dir, *(os.path.join(output_dir, name) for name in ("models", "logs", "plots"))):
+    for folder in (
+        output_dir,
+        *(os.path.join(output_dir, name) for name in ("models", "logs", "plots")),
+    ):
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise RunError(f"{folder} is a file, but outputs go into a folder there; choose another --output-dir")
+            raise RunError(
+                f"{folder} is a file, but outputs go into a folder there; choose another --output-dir"
+            )
         try:
             os.makedirs(folder, exist_ok=True)
             probe = os.path.join(folder, f".write-test-{os.getpid()}")
@@ -46,7 +51,9 @@ def check_writable(output_dir):
                 pass
             os.remove(probe)
         except OSError as error:
-            raise RunError(f"cannot write to {folder} ({error.strerror}); choose another --output-dir") from None
+            raise RunError(
+                f"cannot write to {folder} ({error.strerror}); choose another --output-dir"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -66,9 +73,23 @@ def output_lock(output_dir):
 # Settings that change what the weights mean: a backup made with other values must not
 # be loaded into this model. Not the compute dtype: the weights are float32 in both, so
 # a run may go on in the other one (--dtype-policy auto may choose it on another machine).
-RESUME_SETTINGS = ("dataset", "limit", "image_size", "latent_dim", "filters", "hidden_units", "dense_activation",
-                   "conv_bias", "conditional", "beta", "kl_warmup_epochs", "epochs", "batch_size", "cosine_decay",
-                   "lr_warmup_epochs")
+RESUME_SETTINGS = (
+    "dataset",
+    "limit",
+    "image_size",
+    "latent_dim",
+    "filters",
+    "hidden_units",
+    "dense_activation",
+    "conv_bias",
+    "conditional",
+    "beta",
+    "kl_warmup_epochs",
+    "epochs",
+    "batch_size",
+    "cosine_decay",
+    "lr_warmup_epochs",
+)
 
 
 def prepare_run(config, write=True):
@@ -97,7 +118,9 @@ def prepare_run(config, write=True):
             )
         return previous["run_name"], True
     run_name = config.run_name or "{}{}-latent{}-{}".format(
-        config.dataset, "-conditional" if config.conditional else "", config.latent_dim,
+        config.dataset,
+        "-conditional" if config.conditional else "",
+        config.latent_dim,
         datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
     )
     if not write:
@@ -147,13 +170,14 @@ def load_model_file(path):
         return keras.saving.load_model(path)
     except Exception as error:  # zip, HDF5 and config errors all mean the same to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RunError(f"{path}: not a readable Keras model file ({reason}); train again or restore it") from None
+        raise RunError(
+            f"{path}: not a readable Keras model file ({reason}); train again or restore it"
+        ) from None
 
 
 def read_metrics(output_dir):
     """What an earlier run wrote to models/metrics.json; {} if there is none to read."""
     path = os.path.join(output_dir, "models", "metrics.json")
-    with contextlib.suppress(OSError, ValueError):
-        with open(path) as file:
-            return json.load(file)
+    with contextlib.suppress(OSError, ValueError), open(path) as file:
+        return json.load(file)
     return {}

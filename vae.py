@@ -19,8 +19,16 @@ PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 BFLOAT16_SPEED_MARGIN = 0.9
 
 
-def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0, dense_activation="gelu",
-                  dtype_policy=None, conv_bias=False):
+def build_encoder(
+    image_size,
+    latent_dim,
+    filters,
+    hidden_units,
+    num_classes=0,
+    dense_activation="gelu",
+    dtype_policy=None,
+    conv_bias=False,
+):
     """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then a dense layer.
 
     With `num_classes` (a conditional VAE) the one-hot label joins the dense layer, and
@@ -49,8 +57,16 @@ def build_encoder(image_size, latent_dim, filters, hidden_units, num_classes=0, 
     return keras.Model(inputs if num_classes else inputs[0], [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0, dense_activation="gelu",
-                  dtype_policy=None, conv_bias=False):
+def build_decoder(
+    image_size,
+    latent_dim,
+    filters,
+    hidden_units,
+    num_classes=0,
+    dense_activation="gelu",
+    dtype_policy=None,
+    conv_bias=False,
+):
     """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose.
 
     With `num_classes` the model takes `[z, one_hot_label]`. `dtype_policy` and
@@ -58,7 +74,9 @@ def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0, 
     their bias: one number); the probabilities are float32.
     """
     if image_size % 4:
-        raise ValueError(f"image_size must be divisible by 4 (two stride-2 layers), got {image_size}")
+        raise ValueError(
+            f"image_size must be divisible by 4 (two stride-2 layers), got {image_size}"
+        )
     base_size = image_size // 4
     hidden = {"dtype": dtype_policy}
     conv = {"padding": "same", "activation": "relu", "use_bias": conv_bias, **hidden}
@@ -81,11 +99,21 @@ def build_decoder(image_size, latent_dim, filters, hidden_units, num_classes=0, 
     return keras.Model(inputs if num_classes else inputs[0], image, name="decoder")
 
 
-def step_seconds(dtype_policy, image_size=32, latent_dim=2, filters=32, hidden_units=512, batch_size=256,
-                 rounds=3, steps=2):
+def step_seconds(
+    dtype_policy,
+    image_size=32,
+    latent_dim=2,
+    filters=32,
+    hidden_units=512,
+    batch_size=256,
+    rounds=3,
+    steps=2,
+):
     """Seconds per training step of a VAE of this shape in `dtype_policy` on this machine,
     on blank images: the best of `rounds`."""
-    model = build_vae(image_size, latent_dim, filters, hidden_units, seed=0, dtype_policy=dtype_policy)
+    model = build_vae(
+        image_size, latent_dim, filters, hidden_units, seed=0, dtype_policy=dtype_policy
+    )
     model.compile(optimizer=FusedAdam())
     images = np.zeros((batch_size, image_size, image_size, 1), "float32")
     model.train_on_batch(images)  # traces / compiles
@@ -100,12 +128,14 @@ def step_seconds(dtype_policy, image_size=32, latent_dim=2, filters=32, hidden_u
 
 @functools.cache
 def fastest_dtype_policy(image_size=32, latent_dim=2, filters=32, hidden_units=512, batch_size=256):
-    """"mixed_bfloat16" where this machine trains a VAE of this shape clearly faster in
+    """ "mixed_bfloat16" where this machine trains a VAE of this shape clearly faster in
     bfloat16 (a CPU with AVX512-BF16 or AMX and kernels that use them, a recent GPU), else
     "float32". Measured, not read off the CPU's flags: one CPU that reported AVX512-BF16
     ran this model six times slower in bfloat16. A few seconds, once per process and shape."""
-    seconds = {policy: step_seconds(policy, image_size, latent_dim, filters, hidden_units, batch_size)
-               for policy in ("float32", "mixed_bfloat16")}
+    seconds = {
+        policy: step_seconds(policy, image_size, latent_dim, filters, hidden_units, batch_size)
+        for policy in ("float32", "mixed_bfloat16")
+    }
     faster = seconds["mixed_bfloat16"] < BFLOAT16_SPEED_MARGIN * seconds["float32"]
     return "mixed_bfloat16" if faster else "float32"
 
@@ -122,7 +152,9 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
+        epsilon = keras.random.normal(
+            ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator
+        )
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def get_config(self):
@@ -182,7 +214,9 @@ class VAE(keras.Model):
         # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
         # A model variable, so a resumed run's warm-up goes on where it stopped. Only the
         # first replica's update counts under tf.distribute (they are all the same).
-        self.kl_weight = keras.Variable(beta, trainable=False, name="kl_weight", aggregation="only_first_replica")
+        self.kl_weight = keras.Variable(
+            beta, trainable=False, name="kl_weight", aggregation="only_first_replica"
+        )
         # KL warm-up (`start_kl_warmup`): the weight rises by beta / kl_warmup_steps each
         # training step, from 0 to beta. 0: no warm-up.
         self.kl_warmup_steps = 0
@@ -197,7 +231,9 @@ class VAE(keras.Model):
         z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
         logits = self.decoder_logits([z, inputs[1]] if self.conditional else z, training=training)
-        logits = ops.cast(logits, "float32")  # the sigmoid and the loss in float32, whatever the dtype policy
+        logits = ops.cast(
+            logits, "float32"
+        )  # the sigmoid and the loss in float32, whatever the dtype policy
         return {
             "reconstruction": ops.sigmoid(logits),
             "logits": logits,
@@ -213,12 +249,16 @@ class VAE(keras.Model):
         batch_size = ops.shape(images)[0]
         self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
         self.kl_loss_tracker.update_state(kl_loss, sample_weight=batch_size)
-        kl_weight = ops.copy(self.kl_weight) if training else 1.0  # this step's, a copy: it changes below
+        kl_weight = (
+            ops.copy(self.kl_weight) if training else 1.0
+        )  # this step's, a copy: it changes below
         loss = reconstruction_loss + kl_weight * kl_loss
         if training and self.kl_warmup_steps:
             # Inside the step, so the weight rises smoothly on every backend (a callback
             # setting it each batch would force JAX to copy the whole state every step).
-            self.kl_weight.assign(ops.minimum(self.beta, self.kl_weight + self.beta / self.kl_warmup_steps))
+            self.kl_weight.assign(
+                ops.minimum(self.beta, self.kl_weight + self.beta / self.kl_warmup_steps)
+            )
         return scale_for_replicas(loss)
 
     def start_kl_warmup(self, steps):
@@ -282,13 +322,34 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def build_vae(image_size=32, latent_dim=2, filters=32, hidden_units=512, beta=1.0, seed=None, num_classes=0,
-              dense_activation="gelu", dtype_policy=None, conv_bias=False):
+def build_vae(
+    image_size=32,
+    latent_dim=2,
+    filters=32,
+    hidden_units=512,
+    beta=1.0,
+    seed=None,
+    num_classes=0,
+    dense_activation="gelu",
+    dtype_policy=None,
+    conv_bias=False,
+):
     """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
-    arguments = (image_size, latent_dim, filters, hidden_units, num_classes, dense_activation, dtype_policy, conv_bias)
+    arguments = (
+        image_size,
+        latent_dim,
+        filters,
+        hidden_units,
+        num_classes,
+        dense_activation,
+        dtype_policy,
+        conv_bias,
+    )
     encoder = build_encoder(*arguments)
     decoder = build_decoder(*arguments)
     vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
     images = keras.ops.zeros((1, image_size, image_size, 1))
-    vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)  # create every weight now
+    vae(
+        (images, keras.ops.zeros((1, num_classes))) if num_classes else images
+    )  # create every weight now
     return vae

@@ -57,10 +57,24 @@ if str(REPO) not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.reports import (backends_table, machine_description, markdown_table, plot_curves,  # noqa: E402
-                                seeds_summary, seeds_table, summarize, write_markdown)
-from benchmarks.workers import (BASELINE, MODELS, installed_backends, run_backend_worker,  # noqa: E402
-                                run_matmul_worker, run_training_worker)
+from benchmarks.reports import (  # noqa: E402  (after the path above)
+    backends_table,
+    machine_description,
+    markdown_table,
+    plot_curves,
+    seeds_summary,
+    seeds_table,
+    summarize,
+    write_markdown,
+)
+from benchmarks.workers import (  # noqa: E402
+    BASELINE,
+    MODELS,
+    installed_backends,
+    run_backend_worker,
+    run_matmul_worker,
+    run_training_worker,
+)
 
 BACKEND_IMAGES = 12000  # per backend: enough for a steady epoch, ~2 minutes for all three
 BACKEND_EPOCHS = 2  # the first includes tracing / compilation; the last is timed
@@ -79,33 +93,75 @@ QUICK_EPOCHS = 3
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a few minutes: first {QUICK_LIMIT} training and {QUICK_LIMIT // 6} test images, "
-                             f"{QUICK_EPOCHS} epochs each")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="first N training and N // 6 test images, as main.py's --limit (default: all; --quick: "
-                             f"{QUICK_LIMIT})")
-    parser.add_argument("--epochs-default", type=int, default=None,
-                        help="epochs of the default model (default: main.Config().epochs; --quick: "
-                             f"{QUICK_EPOCHS})")
-    parser.add_argument("--epochs-baseline", type=int, default=None,
-                        help=f"epochs of the baseline (default: {BASELINE['epochs']}; --quick: {QUICK_EPOCHS})")
-    parser.add_argument("--data-dir", default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None,
-                        help="folder with the MNIST IDX files (default: ../shared/data/mnist if it exists, else Keras' download)")
-    parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help="where the report goes (default: benchmarks/results/)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="the default model trains once per seed, reported as their mean and standard deviation; "
-                             "the baseline and the backend rows use the first (default: 1 2 3; --quick: 1)")
-    parser.add_argument("--backend-seeds", type=int, nargs="+", default=None,
-                        help="each backend row trains once per seed: the backends compared over several seeds, "
-                             "with the same settings (default: 1 2 3 4 5; --quick: 1 2)")
-    parser.add_argument("--backend-images", type=int, default=None,
-                        help=f"training images per backend row (default: {BACKEND_IMAGES}; --quick: {QUICK_LIMIT})")
-    parser.add_argument("--backend-epochs", type=int, default=BACKEND_EPOCHS,
-                        help="epochs per backend row; the last one is timed (default: %(default)s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a few minutes: first {QUICK_LIMIT} training and {QUICK_LIMIT // 6} test images, "
+        f"{QUICK_EPOCHS} epochs each",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="first N training and N // 6 test images, as main.py's --limit (default: all; --quick: "
+        f"{QUICK_LIMIT})",
+    )
+    parser.add_argument(
+        "--epochs-default",
+        type=int,
+        default=None,
+        help="epochs of the default model (default: main.Config().epochs; --quick: "
+        f"{QUICK_EPOCHS})",
+    )
+    parser.add_argument(
+        "--epochs-baseline",
+        type=int,
+        default=None,
+        help=f"epochs of the baseline (default: {BASELINE['epochs']}; --quick: {QUICK_EPOCHS})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None,
+        help="folder with the MNIST IDX files (default: ../shared/data/mnist if it exists, else Keras' download)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=str(DEFAULT_OUTPUT_DIR),
+        help="where the report goes (default: benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the default model trains once per seed, reported as their mean and standard deviation; "
+        "the baseline and the backend rows use the first (default: 1 2 3; --quick: 1)",
+    )
+    parser.add_argument(
+        "--backend-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="each backend row trains once per seed: the backends compared over several seeds, "
+        "with the same settings (default: 1 2 3 4 5; --quick: 1 2)",
+    )
+    parser.add_argument(
+        "--backend-images",
+        type=int,
+        default=None,
+        help=f"training images per backend row (default: {BACKEND_IMAGES}; --quick: {QUICK_LIMIT})",
+    )
+    parser.add_argument(
+        "--backend-epochs",
+        type=int,
+        default=BACKEND_EPOCHS,
+        help="epochs per backend row; the last one is timed (default: %(default)s)",
+    )
     rows = parser.add_mutually_exclusive_group()
     rows.add_argument("--no-backends", action="store_true", help="skip the per-backend rows")
-    rows.add_argument("--only-backends", action="store_true", help="only the per-backend rows: no baseline")
+    rows.add_argument(
+        "--only-backends", action="store_true", help="only the per-backend rows: no baseline"
+    )
     parser.add_argument("--worker", choices=(*MODELS, "matmul", "backend"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -127,8 +183,22 @@ def parse_args(argv=None):
 
 
 def _worker_argv(args, name, output):
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-output", output]
-    for flag in ("limit", "epochs_default", "epochs_baseline", "data_dir", "backend_images", "backend_epochs"):
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--worker-output",
+        output,
+    ]
+    for flag in (
+        "limit",
+        "epochs_default",
+        "epochs_baseline",
+        "data_dir",
+        "backend_images",
+        "backend_epochs",
+    ):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
@@ -146,10 +216,15 @@ def run_worker(args, name, backend=None, seed=None):
         args = argparse.Namespace(**{**vars(args), "seed": seed})
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "result.json")
-        print(f"--- {name}{' on ' + backend if backend else ''}{f' (seed {seed})' if seed is not None else ''}", flush=True)
+        print(
+            f"--- {name}{' on ' + backend if backend else ''}{f' (seed {seed})' if seed is not None else ''}",
+            flush=True,
+        )
         completed = subprocess.run(_worker_argv(args, name, output), cwd=REPO, env=environment)
         if completed.returncode != 0:
-            sys.exit(f"error: the {name} worker failed (exit status {completed.returncode}); see its output above")
+            sys.exit(
+                f"error: the {name} worker failed (exit status {completed.returncode}); see its output above"
+            )
         with open(output) as file:
             return json.load(file)
 
@@ -174,15 +249,21 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker_main(args)
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0]) if argv is None else "benchmarks/benchmark.py",
-                                      *(sys.argv[1:] if argv is None else argv)])
+    command = "python " + shlex.join(
+        [
+            os.path.relpath(sys.argv[0]) if argv is None else "benchmarks/benchmark.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     os.makedirs(args.output_dir, exist_ok=True)
     started = time.time()
     if args.only_backends:
         return report_backends(args, command, started)
     results = {name: run_worker(args, name) for name in MODELS}  # data problems show up first
     # The default again with the other seeds: one seed's figure says little.
-    seed_runs = [results["default"]] + [run_worker(args, "default", seed=seed) for seed in args.seeds[1:]]
+    seed_runs = [results["default"]] + [
+        run_worker(args, "default", seed=seed) for seed in args.seeds[1:]
+    ]
     matmul = run_worker(args, "matmul")
     backends = {} if args.no_backends else run_backends(args)
     summary = summarize(results, matmul)
@@ -206,9 +287,11 @@ def main(argv=None):
     if backends:
         print()
         print(backends_table(backends))
-    print(f"\nfloat32 matmul peak {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
-          f"{matmul['bfloat16']['gflops']:,.1f} GFLOP/s. Report: {output_dir / 'benchmark.md'}, "
-          f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_time.png'}")
+    print(
+        f"\nfloat32 matmul peak {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
+        f"{matmul['bfloat16']['gflops']:,.1f} GFLOP/s. Report: {output_dir / 'benchmark.md'}, "
+        f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_time.png'}"
+    )
 
 
 def run_record(args, command, started):
@@ -217,15 +300,19 @@ def run_record(args, command, started):
         "command": command,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "total_seconds": time.time() - started,
-        "settings": {key: value for key, value in vars(args).items() if not key.startswith("worker")},
+        "settings": {
+            key: value for key, value in vars(args).items() if not key.startswith("worker")
+        },
         "machine": machine_description(),
     }
 
 
 def run_backends(args):
     """Each installed backend, once per --backend-seeds seed: {backend: [result per seed]}."""
-    return {name: [run_worker(args, "backend", backend=name, seed=seed) for seed in args.backend_seeds]
-            for name in installed_backends()}
+    return {
+        name: [run_worker(args, "backend", backend=name, seed=seed) for seed in args.backend_seeds]
+        for name in installed_backends()
+    }
 
 
 def report_backends(args, command, started):
@@ -239,7 +326,8 @@ def report_backends(args, command, started):
         f"# Keras backends\n\n{backends_table(backends)}\n\n- The default model on the first "
         f"{args.backend_images:,} training images, {args.backend_epochs} epochs, seeds "
         f"{', '.join(map(str, args.backend_seeds))}; the last epoch of the first seed is timed.\n"
-        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n- Command: `{command}`\n")
+        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n- Command: `{command}`\n"
+    )
     print()
     print(backends_table(backends))
     print(f"\nReport: {output_dir / 'backends.md'}, {output_dir / 'backends.json'}")

@@ -42,12 +42,24 @@ def layer_multiply_adds(layer):
     if isinstance(layer, layers.Conv2DTranspose):
         kernel_h, kernel_w = layer.kernel_size
         in_shape = tuple(layer.input.shape)
-        return kernel_h * kernel_w * _channels(in_shape, layer.data_format) * layer.filters * _spatial(in_shape, layer.data_format)
+        return (
+            kernel_h
+            * kernel_w
+            * _channels(in_shape, layer.data_format)
+            * layer.filters
+            * _spatial(in_shape, layer.data_format)
+        )
     if isinstance(layer, layers.Conv2D):
         kernel_h, kernel_w = layer.kernel_size
         in_shape, out_shape = tuple(layer.input.shape), tuple(layer.output.shape)
         in_channels = _channels(in_shape, layer.data_format) // layer.groups
-        return kernel_h * kernel_w * in_channels * layer.filters * _spatial(out_shape, layer.data_format)
+        return (
+            kernel_h
+            * kernel_w
+            * in_channels
+            * layer.filters
+            * _spatial(out_shape, layer.data_format)
+        )
     if isinstance(layer, layers.Dense):
         in_shape = tuple(layer.input.shape)
         return in_shape[-1] * layer.units * math.prod(in_shape[1:-1])

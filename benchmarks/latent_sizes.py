@@ -43,7 +43,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = REPO / "benchmarks" / "results" / "latent_sizes"
 # The PyTorch examples' vae/main.py: MLP 784-400-(20, 20), 20-400-784, Adam 1e-3, batch 128, 10 epochs.
-MLP = {"hidden_units": 400, "latent_dim": 20, "learning_rate": 1e-3, "batch_size": 128, "epochs": 10}
+MLP = {
+    "hidden_units": 400,
+    "latent_dim": 20,
+    "learning_rate": 1e-3,
+    "batch_size": 128,
+    "epochs": 10,
+}
 MLP_PUBLISHED_TEST_LOSS = 105.6  # nats per image after 10 epochs, as that example reports it
 COMPARE_LATENT_DIM = 20
 BUDGETS = (60, 120, 180, 240, 300, 420, 600)  # training seconds at which the curves are compared
@@ -52,7 +58,9 @@ DATASETS = ("mnist", "fashion_mnist")
 LABELS = {"mlp": "PyTorch example's MLP", "conv": f"main.py --latent-dim {COMPARE_LATENT_DIM}"}
 
 
-def build_mlp_vae(latent_dim=MLP["latent_dim"], hidden_units=MLP["hidden_units"], image_size=28, seed=None):
+def build_mlp_vae(
+    latent_dim=MLP["latent_dim"], hidden_units=MLP["hidden_units"], image_size=28, seed=None
+):
     """The PyTorch example's MLP encoder and decoder inside this project's VAE class and loss.
 
     The decoder's layer named "logits" is what the VAE's loss reads; "image" gives probabilities.
@@ -70,7 +78,9 @@ def build_mlp_vae(latent_dim=MLP["latent_dim"], hidden_units=MLP["hidden_units"]
     encoder = keras.Model(image, [z_mean, z_log_var], name="encoder")
     z = keras.Input(shape=(latent_dim,), name="z")
     hidden = layers.Dense(hidden_units, activation="relu")(z)
-    logits = layers.Reshape((image_size, image_size, 1), name="logits")(layers.Dense(pixels)(hidden))
+    logits = layers.Reshape((image_size, image_size, 1), name="logits")(
+        layers.Dense(pixels)(hidden)
+    )
     decoder = keras.Model(z, layers.Activation("sigmoid", name="image")(logits), name="decoder")
     model = VAE(encoder, decoder, seed=seed, name="mlp_vae")
     model(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
@@ -92,29 +102,53 @@ def train_worker(name, args):
     keras.utils.set_random_seed(config.seed)
     if name == "mlp":
         keras.config.set_dtype_policy("float32")  # as in PyTorch, whatever this program's default
-        (train_images, _), (test_images, _) = data.load_dataset(config.dataset, config.data_dir, config.limit)
-        train_images, test_images = (data.prepare_images(images, data.ORIGINAL_SIZE) for images in (train_images, test_images))
+        (train_images, _), (test_images, _) = data.load_dataset(
+            config.dataset, config.data_dir, config.limit
+        )
+        train_images, test_images = (
+            data.prepare_images(images, data.ORIGINAL_SIZE)
+            for images in (train_images, test_images)
+        )
         epochs, batch_size = args.epochs or MLP["epochs"], MLP["batch_size"]
         model = build_mlp_vae(seed=config.seed)
         model.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
-        description = (f"PyTorch example's MLP VAE in Keras: 784-{MLP['hidden_units']}-({MLP['latent_dim']}, "
-                       f"{MLP['latent_dim']}), 28x28, batch {batch_size}, Adam {MLP['learning_rate']:g}, {epochs} epochs")
+        description = (
+            f"PyTorch example's MLP VAE in Keras: 784-{MLP['hidden_units']}-({MLP['latent_dim']}, "
+            f"{MLP['latent_dim']}), 28x28, batch {batch_size}, Adam {MLP['learning_rate']:g}, {epochs} epochs"
+        )
     else:
         config = dataclasses.replace(config, epochs=args.epochs or config.epochs)
         (train_images, _), (test_images, _) = main.load_images(config)
         epochs, batch_size = config.epochs, config.batch_size
         model = main.make_model(config, len(train_images))
-        description = (f"python main.py --latent-dim {config.latent_dim}: {config.image_size}x{config.image_size}, "
-                       f"batch {batch_size}, Adam {config.learning_rate:g}"
-                       f"{' with cosine decay' if config.cosine_decay else ''}, {epochs} epochs")
-    print(f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images", flush=True)
+        description = (
+            f"python main.py --latent-dim {config.latent_dim}: {config.image_size}x{config.image_size}, "
+            f"batch {batch_size}, Adam {config.learning_rate:g}"
+            f"{' with cosine decay' if config.cosine_decay else ''}, {epochs} epochs"
+        )
+    print(
+        f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images",
+        flush=True,
+    )
     clock = make_epoch_clock()
-    model.fit(data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed),
-              validation_data=data.make_dataset(test_images, batch_size),
-              epochs=epochs, callbacks=[clock], shuffle=False, verbose=2)
-    test = evaluation.evaluate(model, test_images, samples=config.iw_samples, seed=config.seed, verbose=False)
-    return {"name": name, "description": description, "parameters": int(model.count_params()),
-            "epochs": clock.epochs, "test": test}
+    model.fit(
+        data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed),
+        validation_data=data.make_dataset(test_images, batch_size),
+        epochs=epochs,
+        callbacks=[clock],
+        shuffle=False,
+        verbose=2,
+    )
+    test = evaluation.evaluate(
+        model, test_images, samples=config.iw_samples, seed=config.seed, verbose=False
+    )
+    return {
+        "name": name,
+        "description": description,
+        "parameters": int(model.count_params()),
+        "epochs": clock.epochs,
+        "test": test,
+    }
 
 
 def speed_ratio(args, images_per_round=6400, rounds=3):
@@ -133,21 +167,37 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
     mlp = build_mlp_vae(seed=config.seed)
     mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
     crop = (config.image_size - data.ORIGINAL_SIZE) // 2
-    unpadded = train_images[:, crop:crop + data.ORIGINAL_SIZE, crop:crop + data.ORIGINAL_SIZE]
-    models = {"mlp": (mlp, data.make_dataset(unpadded, MLP["batch_size"])),
-              "conv": (conv, data.make_dataset(train_images, config.batch_size))}
+    unpadded = train_images[:, crop : crop + data.ORIGINAL_SIZE, crop : crop + data.ORIGINAL_SIZE]
+    models = {
+        "mlp": (mlp, data.make_dataset(unpadded, MLP["batch_size"])),
+        "conv": (conv, data.make_dataset(train_images, config.batch_size)),
+    }
     seconds = {name: [] for name in models}
     for round_ in range(rounds + 1):  # the first round compiles: not counted
         for name, (model, dataset) in models.items():
             started = clocks()
             model.fit(dataset, epochs=1, verbose=0)
             if round_:
-                seconds[name].append([(now - start) / len(train_images) for now, start in zip(clocks(), started)])
-    per_image = {name: {"wall": float(np.median([wall for wall, _ in values])), "cpu": float(np.median([cpu for _, cpu in values]))}
-                 for name, values in seconds.items()}
-    return {"per_image_seconds": per_image, "images_per_round": len(train_images), "rounds": rounds,
-            "conv_over_mlp_wall": per_image["conv"]["wall"] / per_image["mlp"]["wall"],
-            "conv_over_mlp_cpu": per_image["conv"]["cpu"] / per_image["mlp"]["cpu"]}
+                seconds[name].append(
+                    [
+                        (now - start) / len(train_images)
+                        for now, start in zip(clocks(), started, strict=True)
+                    ]
+                )
+    per_image = {
+        name: {
+            "wall": float(np.median([wall for wall, _ in values])),
+            "cpu": float(np.median([cpu for _, cpu in values])),
+        }
+        for name, values in seconds.items()
+    }
+    return {
+        "per_image_seconds": per_image,
+        "images_per_round": len(train_images),
+        "rounds": rounds,
+        "conv_over_mlp_wall": per_image["conv"]["wall"] / per_image["mlp"]["wall"],
+        "conv_over_mlp_cpu": per_image["conv"]["cpu"] / per_image["mlp"]["cpu"],
+    }
 
 
 def run_worker(name, args):
@@ -161,7 +211,9 @@ def run_worker(name, args):
         print(f"--- {name}: {shlex.join(argv[1:])}", flush=True)
         completed = subprocess.run(argv, cwd=REPO)
         if completed.returncode:
-            sys.exit(f"error: the {name} worker failed (exit status {completed.returncode}); see its output above")
+            sys.exit(
+                f"error: the {name} worker failed (exit status {completed.returncode}); see its output above"
+            )
         with open(output) as file:
             return json.load(file)
 
@@ -177,15 +229,21 @@ def _number(value, digits=2):
 
 
 def curve_rows(results):
-    lines = ["| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample; wall s, CPU s) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample; wall s, CPU s) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for result in results:
         test, curve = result["test"], result["epochs"]
-        per_epoch = ", ".join(f"{epoch['val_loss']:.2f} ({epoch['seconds']:.0f}, {epoch.get('cpu_seconds', 0):.0f})"
-                              for epoch in curve)
-        lines.append(f"| {result['description']} | {result['parameters']:,} | {len(curve)} | {curve[-1]['seconds']:.1f} | "
-                     f"{per_epoch} | "
-                     f"{test['negative_elbo']:.2f} | {test['iw_nll']:.2f} | {test['kl_loss']:.2f} | {test['active_units']} |")
+        per_epoch = ", ".join(
+            f"{epoch['val_loss']:.2f} ({epoch['seconds']:.0f}, {epoch.get('cpu_seconds', 0):.0f})"
+            for epoch in curve
+        )
+        lines.append(
+            f"| {result['description']} | {result['parameters']:,} | {len(curve)} | {curve[-1]['seconds']:.1f} | "
+            f"{per_epoch} | "
+            f"{test['negative_elbo']:.2f} | {test['iw_nll']:.2f} | {test['kl_loss']:.2f} | {test['active_units']} |"
+        )
     return lines
 
 
@@ -194,13 +252,21 @@ def budget_rows(results, clock="seconds"):
     what a dedicated 2-core machine would take if both cores were busy throughout)."""
     names = [LABELS[result["name"]] for result in results]
     scale = 2 if clock == "cpu_seconds" else 1
-    lines = [f"| budget ({'CPU seconds / 2' if scale == 2 else 'wall seconds'}) | " + " | ".join(f"{name}: best test -ELBO" for name in names) + " | ahead |",
-             "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
+    lines = [
+        f"| budget ({'CPU seconds / 2' if scale == 2 else 'wall seconds'}) | "
+        + " | ".join(f"{name}: best test -ELBO" for name in names)
+        + " | ahead |",
+        "| --- | " + " | ".join("---" for _ in names) + " | --- |",
+    ]
     for budget in BUDGETS:
         values = [best_within(result["epochs"], budget * scale, clock) for result in results]
-        known = [(value, name) for value, name in zip(values, names) if value is not None]
+        known = [
+            (value, name) for value, name in zip(values, names, strict=True) if value is not None
+        ]
         ahead = min(known)[1] if known else "-"
-        lines.append(f"| {budget} s | " + " | ".join(_number(value) for value in values) + f" | {ahead} |")
+        lines.append(
+            f"| {budget} s | " + " | ".join(_number(value) for value in values) + f" | {ahead} |"
+        )
     return lines
 
 
@@ -214,13 +280,26 @@ def plot_curves(path, results, clock="seconds"):
     for result in results:
         curve = result["epochs"]
         scale = 2 if clock == "cpu_seconds" else 1
-        axes.plot([epoch[clock] / scale for epoch in curve], [epoch["val_loss"] for epoch in curve], "o-",
-                  label=LABELS[result["name"]])
-    axes.axhline(MLP_PUBLISHED_TEST_LOSS, color="grey", linestyle=":", label=f"PyTorch example, published ({MLP_PUBLISHED_TEST_LOSS})")
+        axes.plot(
+            [epoch[clock] / scale for epoch in curve],
+            [epoch["val_loss"] for epoch in curve],
+            "o-",
+            label=LABELS[result["name"]],
+        )
+    axes.axhline(
+        MLP_PUBLISHED_TEST_LOSS,
+        color="grey",
+        linestyle=":",
+        label=f"PyTorch example, published ({MLP_PUBLISHED_TEST_LOSS})",
+    )
     axes.axvspan(BUDGETS[0], BUDGETS[-1], color="grey", alpha=0.08)
-    axes.set(xlabel=("CPU seconds / 2" if clock == "cpu_seconds" else "wall seconds") + " of training (validation excluded)",
-             ylabel="test negative ELBO, nats/image",
-             title=f"MNIST, latent {COMPARE_LATENT_DIM}: test -ELBO after each epoch", ylim=(None, 130))
+    axes.set(
+        xlabel=("CPU seconds / 2" if clock == "cpu_seconds" else "wall seconds")
+        + " of training (validation excluded)",
+        ylabel="test negative ELBO, nats/image",
+        title=f"MNIST, latent {COMPARE_LATENT_DIM}: test -ELBO after each epoch",
+        ylim=(None, 130),
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=80, bbox_inches="tight")
@@ -234,30 +313,64 @@ def run_table(args):
         data_dir = args.data_dir if dataset == "mnist" else args.fashion_data_dir
         for latent_dim in args.latent_sizes:
             output_dir = RESULTS / "runs" / f"{dataset}-latent{latent_dim}"
-            argv = [sys.executable, str(REPO / "main.py"), "--dataset", dataset, "--latent-dim", str(latent_dim),
-                    "--epochs", str(args.epochs), "--output-dir", str(output_dir), "--fresh",
-                    "--run-name", f"{dataset}-latent{latent_dim}"]
+            argv = [
+                sys.executable,
+                str(REPO / "main.py"),
+                "--dataset",
+                dataset,
+                "--latent-dim",
+                str(latent_dim),
+                "--epochs",
+                str(args.epochs),
+                "--output-dir",
+                str(output_dir),
+                "--fresh",
+                "--run-name",
+                f"{dataset}-latent{latent_dim}",
+            ]
             argv += ["--data-dir", data_dir] if data_dir else []
             argv += ["--limit", str(args.limit)] if args.limit else []
             print(f"--- {shlex.join(argv[1:])}", flush=True)
             if subprocess.run(argv, cwd=REPO).returncode:
-                sys.exit(f"error: the run {dataset}, latent {latent_dim} failed; see its output above")
+                sys.exit(
+                    f"error: the run {dataset}, latent {latent_dim} failed; see its output above"
+                )
             record = json.loads((output_dir / "models" / "metrics.json").read_text())
             test = record["test"]
-            rows.append({"dataset": dataset, "latent_dim": latent_dim, **record["training"],
-                         **{name: test[name] for name in ("negative_elbo", "iw_nll", "kl_loss", "reconstruction_loss",
-                                                          "active_units", "data_entropy_floor", "kl_per_dimension")}})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "latent_dim": latent_dim,
+                    **record["training"],
+                    **{
+                        name: test[name]
+                        for name in (
+                            "negative_elbo",
+                            "iw_nll",
+                            "kl_loss",
+                            "reconstruction_loss",
+                            "active_units",
+                            "data_entropy_floor",
+                            "kl_per_dimension",
+                        )
+                    },
+                }
+            )
     return rows
 
 
 def table_rows(rows):
-    lines = ["| dataset | latent | test -ELBO | IW-NLL (K = 32) | KL | active units | training s | data's floor | -ELBO above floor | IW-NLL above floor |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| dataset | latent | test -ELBO | IW-NLL (K = 32) | KL | active units | training s | data's floor | -ELBO above floor | IW-NLL above floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         floor = row["data_entropy_floor"]
-        lines.append(f"| {row['dataset']} | {row['latent_dim']} | {row['negative_elbo']:.2f} | {row['iw_nll']:.2f} | "
-                     f"{row['kl_loss']:.2f} | {row['active_units']} of {row['latent_dim']} | {row['training_seconds']:.0f} | "
-                     f"{floor:.2f} | {row['negative_elbo'] - floor:.2f} | {row['iw_nll'] - floor:.2f} |")
+        lines.append(
+            f"| {row['dataset']} | {row['latent_dim']} | {row['negative_elbo']:.2f} | {row['iw_nll']:.2f} | "
+            f"{row['kl_loss']:.2f} | {row['active_units']} of {row['latent_dim']} | {row['training_seconds']:.0f} | "
+            f"{floor:.2f} | {row['negative_elbo'] - floor:.2f} | {row['iw_nll'] - floor:.2f} |"
+        )
     return lines
 
 
@@ -273,12 +386,26 @@ def plot_table(path, rows):
         if not chosen:
             continue
         sizes = [row["latent_dim"] for row in chosen]
-        line, = axes.plot(sizes, [row["negative_elbo"] for row in chosen], "o-",
-                          label=f"{dataset}: test -ELBO (floor {chosen[0]['data_entropy_floor']:.2f})")
-        axes.plot(sizes, [row["iw_nll"] for row in chosen], "s--", color=line.get_color(), label=f"{dataset}: IW-NLL, K = 32")
+        (line,) = axes.plot(
+            sizes,
+            [row["negative_elbo"] for row in chosen],
+            "o-",
+            label=f"{dataset}: test -ELBO (floor {chosen[0]['data_entropy_floor']:.2f})",
+        )
+        axes.plot(
+            sizes,
+            [row["iw_nll"] for row in chosen],
+            "s--",
+            color=line.get_color(),
+            label=f"{dataset}: IW-NLL, K = 32",
+        )
     axes.set_xscale("log", base=2)
     axes.set_xticks(LATENT_SIZES, [str(size) for size in LATENT_SIZES])
-    axes.set(xlabel="latent size", ylabel="nats per test image", title="Test negative log-likelihood against latent size")
+    axes.set(
+        xlabel="latent size",
+        ylabel="nats per test image",
+        title="Test negative log-likelihood against latent size",
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=80, bbox_inches="tight")
@@ -288,29 +415,52 @@ def plot_table(path, rows):
 def write_report(part, command, started, lines, payload, plot):
     RESULTS.mkdir(parents=True, exist_ok=True)
     minutes = (time.time() - started) / 60
-    header = [f"# {part}", "", f"Command: `{command}` ({minutes:.1f} minutes, {time.strftime('%Y-%m-%d %H:%M')})", ""]
+    header = [
+        f"# {part}",
+        "",
+        f"Command: `{command}` ({minutes:.1f} minutes, {time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+    ]
     (RESULTS / f"{part}.md").write_text("\n".join(header + lines) + "\n")
-    (RESULTS / f"{part}.json").write_text(json.dumps({"command": command, "minutes": round(minutes, 1), **payload}, indent=2))
+    (RESULTS / f"{part}.json").write_text(
+        json.dumps({"command": command, "minutes": round(minutes, 1), **payload}, indent=2)
+    )
     plot(RESULTS / f"{part}.png")
     print("\n".join(lines))
     print(f"Written: {RESULTS / part}.md, .json and .png")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parts = parser.add_subparsers(dest="part", required=True)
-    for name, text in (("baseline", "the MLP VAE alone"), ("compare", "the MLP against main.py --latent-dim 20"),
-                       ("table", "main.py at latent sizes 2 ... 32 on both datasets"),
-                       ("speed", "training seconds per image of both models, measured in turns"),
-                       ("worker", "internal: one training run, written to a JSON file")):
-        part = parts.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, text in (
+        ("baseline", "the MLP VAE alone"),
+        ("compare", "the MLP against main.py --latent-dim 20"),
+        ("table", "main.py at latent sizes 2 ... 32 on both datasets"),
+        ("speed", "training seconds per image of both models, measured in turns"),
+        ("worker", "internal: one training run, written to a JSON file"),
+    ):
+        part = parts.add_parser(
+            name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         part.add_argument("--data-dir", help="MNIST's IDX files (default: Keras' download cache)")
-        part.add_argument("--limit", type=int, help="first N training and N // 6 test images (quick tries)")
-        part.add_argument("--epochs", type=int, help="epochs of every run (default: 10 for the MLP, main.py's default "
-                                                     "for the conv model; required for table)", required=name == "table")
+        part.add_argument(
+            "--limit", type=int, help="first N training and N // 6 test images (quick tries)"
+        )
+        part.add_argument(
+            "--epochs",
+            type=int,
+            help="epochs of every run (default: 10 for the MLP, main.py's default "
+            "for the conv model; required for table)",
+            required=name == "table",
+        )
         if name == "table":
-            part.add_argument("--fashion-data-dir", help="Fashion-MNIST's IDX files (default: Keras' download cache)")
+            part.add_argument(
+                "--fashion-data-dir",
+                help="Fashion-MNIST's IDX files (default: Keras' download cache)",
+            )
             part.add_argument("--latent-sizes", type=int, nargs="+", default=list(LATENT_SIZES))
             part.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
         if name == "worker":
@@ -331,18 +481,37 @@ def main(argv=None):
         result = train_worker(args.name, args)
         Path(args.output).write_text(json.dumps(result))
         return
-    command = "python " + shlex.join(["benchmarks/latent_sizes.py", *(sys.argv[1:] if argv is None else argv)])
+    command = "python " + shlex.join(
+        ["benchmarks/latent_sizes.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     started = time.time()
     if args.part in ("baseline", "compare"):
-        results = [run_worker("mlp", args)] if args.part == "baseline" else [run_worker(name, args) for name in ("mlp", "conv")]
+        results = (
+            [run_worker("mlp", args)]
+            if args.part == "baseline"
+            else [run_worker(name, args) for name in ("mlp", "conv")]
+        )
         lines = curve_rows(results) + [""]
         if args.part == "compare":
             lines += budget_rows(results) + [""] + budget_rows(results, "cpu_seconds")
-        write_report(args.part, command, started, lines, {"results": results},
-                     lambda path: plot_curves(path, results, "cpu_seconds"))
+        write_report(
+            args.part,
+            command,
+            started,
+            lines,
+            {"results": results},
+            lambda path: plot_curves(path, results, "cpu_seconds"),
+        )
     else:
         rows = run_table(args)
-        write_report("table", command, started, table_rows(rows), {"rows": rows}, lambda path: plot_table(path, rows))
+        write_report(
+            "table",
+            command,
+            started,
+            table_rows(rows),
+            {"rows": rows},
+            lambda path: plot_table(path, rows),
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from pathlib import Path
 from benchmarks.flops import MATMUL_CHAIN, TRAINING_FLOPS_PER_FORWARD
 from benchmarks.workers import MODELS
 
-
 # ---------------------------------------------------------------------------------------
 # Reading the curves (pure functions, no timing)
 # ---------------------------------------------------------------------------------------
@@ -30,7 +29,9 @@ def seconds_to_reach(curve, target):
             if previous is None or previous[1] <= target:
                 return seconds
             (seconds_before, value_before) = previous
-            return seconds_before + (value_before - target) / (value_before - value) * (seconds - seconds_before)
+            return seconds_before + (value_before - target) / (value_before - value) * (
+                seconds - seconds_before
+            )
         previous = (seconds, value)
     return None
 
@@ -43,13 +44,18 @@ def value_within(curve, budget):
 
 def steady_epoch_seconds(epoch_seconds):
     """Median epoch duration, leaving out the first epoch (graph tracing) when there are more."""
-    durations = [end - start for start, end in zip([0.0] + epoch_seconds[:-1], epoch_seconds)]
+    durations = [
+        end - start for start, end in zip([0.0] + epoch_seconds[:-1], epoch_seconds, strict=True)
+    ]
     return statistics.median(durations[1:] if len(durations) > 1 else durations)
 
 
 def summarize(results, matmul):
     """Derived figures for each model from the workers' raw results; the same-time budget."""
-    curves = {name: [(epoch["seconds"], epoch["val_loss"]) for epoch in results[name]["epochs"]] for name in MODELS}
+    curves = {
+        name: [(epoch["seconds"], epoch["val_loss"]) for epoch in results[name]["epochs"]]
+        for name in MODELS
+    }
     budget = min(curve[-1][0] for curve in curves.values())
     target = curves["baseline"][-1][1]
     fp32_peak = matmul["float32"]["gflops"]
@@ -95,21 +101,29 @@ def markdown_table(results, summary):
     for name in MODELS:
         result, figures = results[name], summary["models"][name]
         reach = figures["seconds_to_baseline_final"]
-        rows.append("| " + " | ".join([
-            name,
-            f"{result['parameters']:,}",
-            str(result["batch_size"]),
-            str(figures["epochs"]),
-            _number(figures["final_val_loss"], 2),
-            _number(figures["val_loss_within_budget"], 2) if figures["val_loss_within_budget"] is not None else "no epoch finished",
-            "not reached" if reach is None else _number(reach, 1),
-            _number(figures["train_images_per_second"], 0),
-            _number(figures["seconds_per_epoch"], 1),
-            _number(figures["peak_memory_mib"], 0),
-            _number(figures["train_flops_per_image"] / 1e6, 1),
-            _number(figures["achieved_gflops"], 1),
-            _number(figures["percent_of_fp32_matmul_peak"], 1),
-        ]) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    f"{result['parameters']:,}",
+                    str(result["batch_size"]),
+                    str(figures["epochs"]),
+                    _number(figures["final_val_loss"], 2),
+                    _number(figures["val_loss_within_budget"], 2)
+                    if figures["val_loss_within_budget"] is not None
+                    else "no epoch finished",
+                    "not reached" if reach is None else _number(reach, 1),
+                    _number(figures["train_images_per_second"], 0),
+                    _number(figures["seconds_per_epoch"], 1),
+                    _number(figures["peak_memory_mib"], 0),
+                    _number(figures["train_flops_per_image"] / 1e6, 1),
+                    _number(figures["achieved_gflops"], 1),
+                    _number(figures["percent_of_fp32_matmul_peak"], 1),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(rows)
 
 
@@ -123,44 +137,66 @@ def seeds_summary(runs):
     finals = [run["epochs"][-1]["val_loss"] for run in runs]
     mean, deviation = mean_and_deviation(finals)
     return {
-        "runs": [{"seed": run["config"]["seed"], "final_val_loss": run["epochs"][-1]["val_loss"],
-                  "training_seconds": run["epochs"][-1]["seconds"],
-                  "wall_seconds": run["epochs"][-1]["wall_seconds"]} for run in runs],
+        "runs": [
+            {
+                "seed": run["config"]["seed"],
+                "final_val_loss": run["epochs"][-1]["val_loss"],
+                "training_seconds": run["epochs"][-1]["seconds"],
+                "wall_seconds": run["epochs"][-1]["wall_seconds"],
+            }
+            for run in runs
+        ],
         "mean_final_val_loss": mean,
         "sd_final_val_loss": deviation,
     }
 
 
 def seeds_table(seeds):
-    rows = ["| seed | final test -ELBO | training s | training + validation s |", "|" + " --- |" * 4]
+    rows = [
+        "| seed | final test -ELBO | training s | training + validation s |",
+        "|" + " --- |" * 4,
+    ]
     for run in seeds["runs"]:
-        rows.append(f"| {run['seed']} | {run['final_val_loss']:.2f} | {run['training_seconds']:,.1f} "
-                    f"| {run['wall_seconds']:,.1f} |")
-    rows.append(f"| mean ± sd ({len(seeds['runs'])} seeds) | {seeds['mean_final_val_loss']:.2f} ± "
-                f"{seeds['sd_final_val_loss']:.2f} | | |")
+        rows.append(
+            f"| {run['seed']} | {run['final_val_loss']:.2f} | {run['training_seconds']:,.1f} "
+            f"| {run['wall_seconds']:,.1f} |"
+        )
+    rows.append(
+        f"| mean ± sd ({len(seeds['runs'])} seeds) | {seeds['mean_final_val_loss']:.2f} ± "
+        f"{seeds['sd_final_val_loss']:.2f} | | |"
+    )
     return "\n".join(rows)
 
 
 def backends_table(backends):
     """One row per backend: the same model, images and seeds, timed in the same benchmark run.
     Speed is the first seed's last epoch; the test -ELBO is over every seed."""
-    rows = ["| backend | version | training images | seeds | s/epoch (last) | train images/s | test -ELBO after "
-            "the epochs, mean ± sd | each seed | peak memory MiB |", "|" + " --- |" * 9]
+    rows = [
+        "| backend | version | training images | seeds | s/epoch (last) | train images/s | test -ELBO after "
+        "the epochs, mean ± sd | each seed | peak memory MiB |",
+        "|" + " --- |" * 9,
+    ]
     for name, runs in backends.items():
         first = runs[0]
         finals = [run["final_val_loss"] for run in runs]
         mean, deviation = mean_and_deviation(finals)
-        rows.append("| " + " | ".join([
-            name,
-            first["versions"].get(name, ""),
-            f"{first['train_images']:,}",
-            str(len(runs)),
-            _number(first["seconds_per_epoch"], 1),
-            _number(first["train_images_per_second"], 0),
-            f"{mean:.2f} ± {deviation:.2f}",
-            ", ".join(f"{value:.2f}" for value in finals),
-            _number(max(run["peak_memory_mib"] for run in runs), 0),
-        ]) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    first["versions"].get(name, ""),
+                    f"{first['train_images']:,}",
+                    str(len(runs)),
+                    _number(first["seconds_per_epoch"], 1),
+                    _number(first["train_images_per_second"], 0),
+                    f"{mean:.2f} ± {deviation:.2f}",
+                    ", ".join(f"{value:.2f}" for value in finals),
+                    _number(max(run["peak_memory_mib"] for run in runs), 0),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(rows)
 
 
@@ -168,7 +204,10 @@ def machine_description():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as file:
-            cpu = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in file if line.startswith("model name")),
+                cpu,
+            )
     except OSError:
         pass
     memory_gib = None
@@ -179,12 +218,23 @@ def machine_description():
     except (OSError, StopIteration):
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable, "memory_gib": memory_gib,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def write_markdown(path, report):
-    results, summary, machine, matmul = report["results"], report["summary"], report["machine"], report["matmul_peak"]
+    results, summary, machine, matmul = (
+        report["results"],
+        report["summary"],
+        report["machine"],
+        report["matmul_peak"],
+    )
     versions = results["default"]["versions"]
     settings = report["settings"]
     subset = f"the first ones, --limit {settings['limit']}" if settings["limit"] else "all of MNIST"
@@ -199,7 +249,7 @@ def write_markdown(path, report):
         f"- default: {results['default']['description']}.",
         f"- baseline: {results['baseline']['description']}.",
         f"- Times are training wall-clock seconds from the start of `fit`, validation passes excluded, graph tracing"
-        f" included. \"Within {summary['budget_seconds']:,.1f} s\" is the value of the last epoch finished within the"
+        f' included. "Within {summary["budget_seconds"]:,.1f} s" is the value of the last epoch finished within the'
         f" shorter run's duration; \"s to reach\" interpolates linearly between epochs to the baseline's final"
         f" test -ELBO ({summary['baseline_final_val_loss']:.2f}). Images/s and s/epoch use the median epoch after the"
         " first (which includes tracing).",
@@ -246,13 +296,29 @@ def plot_curves(path, results, summary):
     import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    for name, marker in zip(MODELS, ("o", "s")):
+    for name, marker in zip(MODELS, ("o", "s"), strict=True):
         epochs = results[name]["epochs"]
-        axes.plot([epoch["seconds"] for epoch in epochs], [epoch["val_loss"] for epoch in epochs],
-                  marker=marker, markersize=4, label=f"{name} ({len(epochs)} epochs)")
-    axes.axhline(summary["baseline_final_val_loss"], color="grey", linestyle=":", linewidth=1,
-                 label="baseline's final value")
-    axes.axvline(summary["budget_seconds"], color="grey", linestyle="--", linewidth=1, label="same-time budget")
+        axes.plot(
+            [epoch["seconds"] for epoch in epochs],
+            [epoch["val_loss"] for epoch in epochs],
+            marker=marker,
+            markersize=4,
+            label=f"{name} ({len(epochs)} epochs)",
+        )
+    axes.axhline(
+        summary["baseline_final_val_loss"],
+        color="grey",
+        linestyle=":",
+        linewidth=1,
+        label="baseline's final value",
+    )
+    axes.axvline(
+        summary["budget_seconds"],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="same-time budget",
+    )
     axes.set_xscale("log")
     # Plain numbers (5, 10, 20, 50, ...) rather than powers of ten: the range is often under a decade.
     axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -261,8 +327,10 @@ def plot_curves(path, results, summary):
     axes.set_xlabel("training wall-clock seconds (validation excluded, log scale)")
     axes.set_ylabel("test negative ELBO (nats/image)")
     default = results["default"]
-    axes.set_title(f"Test negative ELBO vs training time ({default['train_images']:,} train / "
-                   f"{default['test_images']:,} test images)")
+    axes.set_title(
+        f"Test negative ELBO vs training time ({default['train_images']:,} train / "
+        f"{default['test_images']:,} test images)"
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.savefig(path, dpi=100, bbox_inches="tight")

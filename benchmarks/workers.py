@@ -25,8 +25,15 @@ MODELS = ("default", "baseline")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 # The Keras documentation's VAE example (keras.io/examples/generative/vae), on 32x32 input.
-BASELINE = dict(image_size=32, latent_dim=2, filters=(32, 64), hidden_units=16, batch_size=128,
-                learning_rate=1e-3, epochs=30)
+BASELINE = dict(
+    image_size=32,
+    latent_dim=2,
+    filters=(32, 64),
+    hidden_units=16,
+    batch_size=128,
+    learning_rate=1e-3,
+    epochs=30,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,10 +82,16 @@ def _versions():
     import keras
     import tensorflow as tf
 
-    versions = {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
-                "gpus": [device.name for device in tf.config.list_physical_devices("GPU")]}
+    versions = {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+    }
     if keras.backend.backend() != "tensorflow":
-        versions[keras.backend.backend()] = importlib.import_module(keras.backend.backend()).__version__
+        versions[keras.backend.backend()] = importlib.import_module(
+            keras.backend.backend()
+        ).__version__
     return versions
 
 
@@ -121,22 +134,32 @@ def make_epoch_clock():
 
         def on_test_end(self, logs=None):
             self.last_validation = time.perf_counter() - self.test_start[0]
-            self.validating = [total + now - start for total, now, start in zip(self.validating, clocks(), self.test_start)]
+            self.validating = [
+                total + now - start
+                for total, now, start in zip(
+                    self.validating, clocks(), self.test_start, strict=True
+                )
+            ]
 
         def on_epoch_begin(self, epoch, logs=None):
             self.last_validation = 0.0
 
         def on_epoch_end(self, epoch, logs=None):
             now = clocks()
-            wall, cpu = (end - start - validating for end, start, validating in zip(now, self.start, self.validating))
-            self.epochs.append({
-                "epoch": epoch + 1,
-                "seconds": wall,
-                "cpu_seconds": cpu,
-                "wall_seconds": now[0] - self.start[0],
-                "validation_seconds": self.last_validation,
-                **{key: float(value) for key, value in (logs or {}).items()},
-            })
+            wall, cpu = (
+                end - start - validating
+                for end, start, validating in zip(now, self.start, self.validating, strict=True)
+            )
+            self.epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "seconds": wall,
+                    "cpu_seconds": cpu,
+                    "wall_seconds": now[0] - self.start[0],
+                    "validation_seconds": self.last_validation,
+                    **{key: float(value) for key, value in (logs or {}).items()},
+                }
+            )
 
     return EpochClock()
 
@@ -159,29 +182,43 @@ def run_training_worker(name, args):
         config = dataclasses.replace(config, epochs=epochs)
         model = main.make_model(config, len(train_images))
         batch_size = config.batch_size
-        description = (f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
-                       f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, batch "
-                       f"{config.batch_size}, Adam {config.learning_rate:g}"
-                       f"{' with cosine decay' if config.cosine_decay else ''}"
-                       f"{f' after a {config.lr_warmup_epochs}-epoch warm-up' if config.lr_warmup_epochs else ''}, "
-                       f"KL warm-up {config.kl_warmup_epochs} epochs")
+        description = (
+            f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
+            f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, batch "
+            f"{config.batch_size}, Adam {config.learning_rate:g}"
+            f"{' with cosine decay' if config.cosine_decay else ''}"
+            f"{f' after a {config.lr_warmup_epochs}-epoch warm-up' if config.lr_warmup_epochs else ''}, "
+            f"KL warm-up {config.kl_warmup_epochs} epochs"
+        )
     else:
         keras.config.set_dtype_policy("float32")
         epochs = args.epochs_baseline or BASELINE["epochs"]
         model = build_baseline(config.image_size, BASELINE["latent_dim"], seed=config.seed)
         model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
         batch_size = BASELINE["batch_size"]
-        description = (f"Keras example's VAE on 32x32: Conv2D {BASELINE['filters'][0]}/{BASELINE['filters'][1]}, dense "
-                       f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, Adam "
-                       f"{BASELINE['learning_rate']:g}")
+        description = (
+            f"Keras example's VAE on 32x32: Conv2D {BASELINE['filters'][0]}/{BASELINE['filters'][1]}, dense "
+            f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, Adam "
+            f"{BASELINE['learning_rate']:g}"
+        )
     description += f", {epochs} epochs, compute dtype {model.encoder.layers[1].compute_dtype}"
     forward, training, per_layer = vae_flops(model)
 
     train_dataset = data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed)
     test_dataset = data.make_dataset(test_images, batch_size)
     clock = make_epoch_clock()
-    print(f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images", flush=True)
-    model.fit(train_dataset, validation_data=test_dataset, epochs=epochs, callbacks=[clock], shuffle=False, verbose=2)
+    print(
+        f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images",
+        flush=True,
+    )
+    model.fit(
+        train_dataset,
+        validation_data=test_dataset,
+        epochs=epochs,
+        callbacks=[clock],
+        shuffle=False,
+        verbose=2,
+    )
     return {
         "name": name,
         "description": description,
@@ -201,7 +238,9 @@ def run_training_worker(name, args):
 
 def run_backend_worker(args):
     """The default model for a few epochs on the backend this process runs (KERAS_BACKEND)."""
-    settings = argparse.Namespace(**{**vars(args), "limit": args.backend_images, "epochs_default": args.backend_epochs})
+    settings = argparse.Namespace(
+        **{**vars(args), "limit": args.backend_images, "epochs_default": args.backend_epochs}
+    )
     result = run_training_worker("default", settings)
     epochs = result["epochs"]
     last_epoch_seconds = epochs[-1]["seconds"] - (epochs[-2]["seconds"] if len(epochs) > 1 else 0.0)
@@ -222,5 +261,8 @@ def run_backend_worker(args):
 def run_matmul_worker(args):
     sizes = (1024, 2048) if args.quick else None  # --quick leaves out the 4096 squares
     options = {"sizes": sizes} if sizes else {}
-    return {"float32": matmul_gflops("float32", **options), "bfloat16": matmul_gflops("bfloat16", **options),
-            "versions": _versions()}
+    return {
+        "float32": matmul_gflops("float32", **options),
+        "bfloat16": matmul_gflops("bfloat16", **options),
+        "versions": _versions(),
+    }

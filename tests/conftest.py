@@ -35,8 +35,17 @@ def quick_config(output_dir, data_dir, **overrides):
     auto, would time both dtypes first and could choose either)."""
     import main
 
-    settings = dict(data_dir=data_dir, output_dir=str(output_dir), limit=512, epochs=1, batch_size=64,
-                    filters=8, hidden_units=32, iw_samples=4, dtype_policy="float32")
+    settings = dict(
+        data_dir=data_dir,
+        output_dir=str(output_dir),
+        limit=512,
+        epochs=1,
+        batch_size=64,
+        filters=8,
+        hidden_units=32,
+        iw_samples=4,
+        dtype_policy="float32",
+    )
     settings.update(overrides)
     return main.Config(**settings)
 
@@ -55,8 +64,14 @@ def run_python(code, cwd=REPO, env=None, timeout=300):
     """Run `code` in a fresh interpreter, with `env` added to the environment (a Keras
     backend, say); return what it printed last, as JSON."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -67,7 +82,9 @@ def wait_for_first_epoch(processes, output_dir, timeout=240):
     metadata = pathlib.Path(output_dir) / "backup" / "training_metadata.json"
     deadline = time.monotonic() + timeout
     while not metadata.exists():
-        assert all(process.poll() is None for process in processes), [process.communicate() for process in processes]
+        assert all(process.poll() is None for process in processes), [
+            process.communicate() for process in processes
+        ]
         assert time.monotonic() < deadline, "the first epoch never finished"
         time.sleep(0.05)
     time.sleep(0.5)  # into the second epoch
@@ -78,5 +95,11 @@ def run_main(arguments, env=None, timeout=120):
     (TF_CONFIG is never inherited: a stray one would turn the run into a cluster worker)."""
     environment = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
     environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
-    return subprocess.run([sys.executable, str(REPO / "main.py"), *arguments], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *arguments],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

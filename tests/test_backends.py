@@ -20,10 +20,30 @@ def runs(mnist_dir, tmp_path_factory):
     folders = {}
     for backend in BACKENDS:
         folder = tmp_path_factory.mktemp(backend)
-        result = run_main(["--data-dir", mnist_dir, "--output-dir", str(folder), "--limit", "512", "--epochs", "1",
-                           "--batch-size", "64", "--filters", "8", "--hidden-units", "32", "--iw-samples", "4",
-                           "--dtype-policy", "float32"],
-                          env={"KERAS_BACKEND": backend}, timeout=300)
+        result = run_main(
+            [
+                "--data-dir",
+                mnist_dir,
+                "--output-dir",
+                str(folder),
+                "--limit",
+                "512",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--filters",
+                "8",
+                "--hidden-units",
+                "32",
+                "--iw-samples",
+                "4",
+                "--dtype-policy",
+                "float32",
+            ],
+            env={"KERAS_BACKEND": backend},
+            timeout=300,
+        )
         assert result.returncode == 0, f"{backend}: {result.stderr[-3000:]}"
         folders[backend] = folder
     return folders
@@ -34,13 +54,25 @@ def test_backend_trains_saves_and_plots(runs, backend):
     if backend not in runs:
         pytest.skip(f"{backend} is not installed")
     folder = runs[backend]
-    for name in ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras",
-                 "plots/latent_space.png", "plots/manifold.png", "plots/samples.png"):
+    for name in (
+        "checkpoint.keras",
+        "models/vae.keras",
+        "models/encoder.keras",
+        "models/decoder.keras",
+        "plots/latent_space.png",
+        "plots/manifold.png",
+        "plots/samples.png",
+    ):
         assert (folder / name).stat().st_size > 0, name
     metrics = json.loads((folder / "models" / "metrics.json").read_text())
     assert metrics["versions"]["backend"] == backend
     assert np.isfinite(metrics["test"]["negative_elbo"]) and metrics["test"]["negative_elbo"] < 700
-    for part in ("train", "validation", "images", "evaluation"):  # TensorBoard, written through TensorFlow
+    for part in (
+        "train",
+        "validation",
+        "images",
+        "evaluation",
+    ):  # TensorBoard, written through TensorFlow
         assert list(folder.glob(f"logs/*/{part}/events.out.tfevents.*")), part
 
 
@@ -72,7 +104,9 @@ def test_models_saved_on_one_backend_load_on_every_backend(runs):
         pytest.skip("only one Keras backend is installed")
     folders = {backend: str(folder) for backend, folder in runs.items()}
     loaded = {
-        backend: run_python(LOAD_EVERYTHING.format(repo=str(REPO), folders=folders), env={"KERAS_BACKEND": backend})
+        backend: run_python(
+            LOAD_EVERYTHING.format(repo=str(REPO), folders=folders), env={"KERAS_BACKEND": backend}
+        )
         for backend in runs
     }
     for trained_on in runs:
@@ -80,5 +114,10 @@ def test_models_saved_on_one_backend_load_on_every_backend(runs):
         assert not np.allclose(reference["z_mean"], 0)
         for loaded_on in runs:
             for name in ("z_mean", "decoded", "vae_z_mean", "checkpoint_z_mean"):
-                np.testing.assert_allclose(loaded[loaded_on][trained_on][name], reference[name], rtol=1e-4,
-                                           atol=1e-5, err_msg=f"{name}: trained on {trained_on}, loaded on {loaded_on}")
+                np.testing.assert_allclose(
+                    loaded[loaded_on][trained_on][name],
+                    reference[name],
+                    rtol=1e-4,
+                    atol=1e-5,
+                    err_msg=f"{name}: trained on {trained_on}, loaded on {loaded_on}",
+                )

@@ -3,12 +3,12 @@
 import argparse
 import math
 
+import keras
 import numpy as np
 import pytest
-
-import keras
-from benchmarks import benchmark, flops, reports, workers
 from keras import layers
+
+from benchmarks import benchmark, flops, reports, workers
 
 
 def test_flops_of_conv_transposed_conv_and_dense_match_a_hand_count():
@@ -49,26 +49,33 @@ def test_baseline_shapes_and_flops():
     # The VAE's decoder_logits shares the decoder's layers: they must count once.
     assert forward == 2 * (encoder + decoder) == 17_399_936
     assert training == 3 * forward
-    assert len(per_layer) == 9  # 2 Conv2D + 3 Dense in the encoder, 1 Dense + 3 Conv2DTranspose in the decoder
+    assert (
+        len(per_layer) == 9
+    )  # 2 Conv2D + 3 Dense in the encoder, 1 Dense + 3 Conv2DTranspose in the decoder
 
 
 CURVE = [(10.0, 200.0), (20.0, 150.0), (30.0, 120.0), (40.0, 125.0)]
 
 
-@pytest.mark.parametrize("target, expected", [
-    (135.0, 25.0),   # halfway between 150 at 20 s and 120 at 30 s
-    (150.0, 20.0),   # reached exactly at an epoch
-    (200.0, 10.0),   # the first epoch is already there
-    (500.0, 10.0),   # no earlier point to interpolate from: the first epoch's time
-    (122.0, 20.0 + 28.0 / 30.0 * 10.0),
-    (119.9, None),   # never reached
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        (135.0, 25.0),  # halfway between 150 at 20 s and 120 at 30 s
+        (150.0, 20.0),  # reached exactly at an epoch
+        (200.0, 10.0),  # the first epoch is already there
+        (500.0, 10.0),  # no earlier point to interpolate from: the first epoch's time
+        (122.0, 20.0 + 28.0 / 30.0 * 10.0),
+        (119.9, None),  # never reached
+    ],
+)
 def test_seconds_to_reach(target, expected):
     result = reports.seconds_to_reach(CURVE, target)
     assert result == expected if expected is None else math.isclose(result, expected)
 
 
-@pytest.mark.parametrize("budget, expected", [(5.0, None), (10.0, 200.0), (29.9, 150.0), (35.0, 120.0), (99.0, 125.0)])
+@pytest.mark.parametrize(
+    "budget, expected", [(5.0, None), (10.0, 200.0), (29.9, 150.0), (35.0, 120.0), (99.0, 125.0)]
+)
 def test_value_within_budget_is_the_last_finished_epoch(budget, expected):
     assert reports.value_within(CURVE, budget) == expected
 
@@ -80,9 +87,13 @@ def test_steady_epoch_seconds_leaves_out_the_first_epoch():
 
 def _fake_result(seconds, values, train_images=6000):
     return {
-        "parameters": 1234, "batch_size": 128, "train_images": train_images, "test_images": 1000,
-        "train_flops_per_image": 60e6, "peak_memory_mib": 900.0,
-        "epochs": [{"seconds": s, "val_loss": v} for s, v in zip(seconds, values)],
+        "parameters": 1234,
+        "batch_size": 128,
+        "train_images": train_images,
+        "test_images": 1000,
+        "train_flops_per_image": 60e6,
+        "peak_memory_mib": 900.0,
+        "epochs": [{"seconds": s, "val_loss": v} for s, v in zip(seconds, values, strict=True)],
     }
 
 
@@ -114,12 +125,19 @@ def test_summary_and_table_from_made_up_runs():
 
 
 def test_seeds_summary_reports_mean_and_sample_deviation():
-    runs = [{"config": {"seed": seed}, "epochs": [{"seconds": 100.0, "wall_seconds": 110.0, "val_loss": value}]}
-            for seed, value in ((1, 146.0), (2, 148.0), (3, 147.0))]
+    runs = [
+        {
+            "config": {"seed": seed},
+            "epochs": [{"seconds": 100.0, "wall_seconds": 110.0, "val_loss": value}],
+        }
+        for seed, value in ((1, 146.0), (2, 148.0), (3, 147.0))
+    ]
     seeds = reports.seeds_summary(runs)
     assert seeds["mean_final_val_loss"] == 147.0 and math.isclose(seeds["sd_final_val_loss"], 1.0)
     table = reports.seeds_table(seeds).splitlines()
-    assert len(table) == 6 and table[2].startswith("| 1 | 146.00 |") and "147.00 ± 1.00" in table[-1]
+    assert (
+        len(table) == 6 and table[2].startswith("| 1 | 146.00 |") and "147.00 ± 1.00" in table[-1]
+    )
 
 
 def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
@@ -137,13 +155,17 @@ def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
 def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     import keras
 
-    args = benchmark.parse_args(["--data-dir", mnist_dir, "--backend-images", "300", "--backend-epochs", "2"])
+    args = benchmark.parse_args(
+        ["--data-dir", mnist_dir, "--backend-images", "300", "--backend-epochs", "2"]
+    )
     result = workers.run_backend_worker(args)
     assert result["backend"] == keras.backend.backend() and result["train_images"] == 300
     assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
     assert math.isclose(result["train_images_per_second"], 300 / result["seconds_per_epoch"])
     other_seed = {**result, "final_val_loss": result["final_val_loss"] + 2.0}
-    table = reports.backends_table({"tensorflow": [result], "jax": [{**result, "versions": {"jax": "0.1"}}, other_seed]})
+    table = reports.backends_table(
+        {"tensorflow": [result], "jax": [{**result, "versions": {"jax": "0.1"}}, other_seed]}
+    )
     lines = table.splitlines()
     assert len(lines) == 4 and lines[3].startswith("| jax | 0.1 | 300 | 2 |")
     # Two seeds 2 nats apart: mean in the middle, sample standard deviation sqrt(2).
@@ -159,5 +181,7 @@ def test_matmul_peak_reports_the_best_size():
 def test_each_worker_is_told_its_own_seed():
     args = benchmark.parse_args(["--seeds", "4", "5"])
     for seed in (4, 5):
-        worker_argv = benchmark._worker_argv(argparse.Namespace(**{**vars(args), "seed": seed}), "default", "out.json")
+        worker_argv = benchmark._worker_argv(
+            argparse.Namespace(**{**vars(args), "seed": seed}), "default", "out.json"
+        )
         assert benchmark.parse_args(worker_argv[2:]).seed == seed

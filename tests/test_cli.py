@@ -21,15 +21,30 @@ def test_help_documents_every_setting_with_its_default():
 
 
 def test_flags_map_onto_config():
-    config = main.parse_args(["--epochs", "3", "--latent-dim", "8", "--learning-rate", "0.01", "--no-plots"])
-    assert (config.epochs, config.latent_dim, config.learning_rate, config.plots) == (3, 8, 0.01, False)
+    config = main.parse_args(
+        ["--epochs", "3", "--latent-dim", "8", "--learning-rate", "0.01", "--no-plots"]
+    )
+    assert (config.epochs, config.latent_dim, config.learning_rate, config.plots) == (
+        3,
+        8,
+        0.01,
+        False,
+    )
     assert main.parse_args([]) == main.Config()
 
 
-@pytest.mark.parametrize("arguments", [
-    ["--epochs", "0"], ["--latent-dim", "0"], ["--batch-size", "-1"], ["--learning-rate", "nan"],
-    ["--image-size", "30"], ["--dataset", "cifar"], ["--epochs", "two"],
-])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--epochs", "0"],
+        ["--latent-dim", "0"],
+        ["--batch-size", "-1"],
+        ["--learning-rate", "nan"],
+        ["--image-size", "30"],
+        ["--dataset", "cifar"],
+        ["--epochs", "two"],
+    ],
+)
 def test_bad_values_are_refused_with_usage(arguments, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.parse_args(arguments)
@@ -40,7 +55,10 @@ def test_bad_values_are_refused_with_usage(arguments, capsys):
 def test_bad_data_dir_gives_one_line_error(tmp_path):
     result = run_main(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -65,10 +83,17 @@ def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected):
     """`python main.py` turns TensorFlow's oneDNN kernels on (faster here, off by TensorFlow's
     default on AMD CPUs); TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off."""
     pytest.importorskip("tensorflow")
-    environment = {name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
+    environment = {
+        name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"
+    }
     if setting is not None:
         environment["TF_ENABLE_ONEDNN_OPTS"] = setting
-    result = subprocess.run([sys.executable, "-c", ONEDNN_STATE.format(repo=str(REPO))], env=environment,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", ONEDNN_STATE.format(repo=str(REPO))],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) is expected

@@ -54,8 +54,13 @@ def test_reads_uncompressed_idx_and_keras_npz(tmp_path):
     npz_dir = tmp_path / "npz"
     npz_dir.mkdir()
     labels = np.array([3, 4], dtype=np.uint8)
-    np.savez(npz_dir / "mnist.npz", x_train=images.astype(np.uint8), y_train=labels,
-             x_test=images.astype(np.uint8), y_test=labels)
+    np.savez(
+        npz_dir / "mnist.npz",
+        x_train=images.astype(np.uint8),
+        y_train=labels,
+        x_test=images.astype(np.uint8),
+        y_test=labels,
+    )
     (x_train, y_train), _ = data.load_dataset("mnist", str(npz_dir))
     np.testing.assert_array_equal(y_train, labels)
 
@@ -77,7 +82,9 @@ def test_missing_file_is_named(tmp_path):
 def test_wrong_magic_number_is_named(tmp_path):
     write_dataset(tmp_path)
     write_idx(tmp_path / data.IDX_FILES["train_images"], np.zeros((12, 28, 28)), LABELS_MAGIC)
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: not an IDX images file \(magic number 2049"):
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte.gz: not an IDX images file \(magic number 2049"
+    ):
         data.load_dataset("mnist", str(tmp_path))
 
 
@@ -85,21 +92,28 @@ def test_truncated_gzip_is_named(tmp_path):
     write_dataset(tmp_path)
     path = tmp_path / data.IDX_FILES["train_images"]
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: (cannot read|file is truncated)"):
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte.gz: (cannot read|file is truncated)"
+    ):
         data.load_dataset("mnist", str(tmp_path))
 
 
 def test_truncated_data_says_how_much_is_there(tmp_path):
     path = tmp_path / "images.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 28, 28)), IMAGES_MAGIC)[:-100]))
-    with pytest.raises(DataError, match=r"images.gz: file is truncated \(3820 of 3920 data bytes present\)"):
+    with pytest.raises(
+        DataError, match=r"images.gz: file is truncated \(3820 of 3920 data bytes present\)"
+    ):
         data.read_idx(path, IMAGES_MAGIC)
 
 
 def test_mismatched_counts_are_named(tmp_path):
     write_dataset(tmp_path)
     write_idx(tmp_path / data.IDX_FILES["train_labels"], np.zeros(11), LABELS_MAGIC)
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: 11 labels but .*train-images-idx3-ubyte.gz holds 12 images"):
+    with pytest.raises(
+        DataError,
+        match=r"train-labels-idx1-ubyte.gz: 11 labels but .*train-images-idx3-ubyte.gz holds 12 images",
+    ):
         data.load_dataset("mnist", str(tmp_path))
 
 
@@ -116,7 +130,9 @@ def test_no_download_and_no_data_dir_says_how_to_supply_data(monkeypatch):
     import keras
 
     def offline():
-        raise Exception("URL fetch failure on https://example.invalid/mnist.npz: None -- no network")
+        raise Exception(
+            "URL fetch failure on https://example.invalid/mnist.npz: None -- no network"
+        )
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
     with pytest.raises(DataError, match="could not download mnist .*pass --data-dir DIR"):
@@ -135,7 +151,10 @@ def test_prepare_images_pads_with_zeros_and_scales():
 # Hostile files: whatever the bytes, the reader returns a valid array or raises DataError,
 # quickly, and never allocates what a lying header declares.
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+@settings(
+    max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(payload=st.binary(max_size=3000), compress=st.booleans())
 def test_random_bytes_give_data_error_or_valid_array(tmp_path, payload, compress):
     path = tmp_path / "random.gz"
@@ -148,17 +167,21 @@ def test_random_bytes_give_data_error_or_valid_array(tmp_path, payload, compress
         assert array.dtype == np.uint8 and len(array) > 0
 
 
-@settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    count=st.integers(-2**31, 2**31 - 1),
-    rows=st.integers(-2**31, 2**31 - 1),
-    columns=st.integers(-2**31, 2**31 - 1),
+    count=st.integers(-(2**31), 2**31 - 1),
+    rows=st.integers(-(2**31), 2**31 - 1),
+    columns=st.integers(-(2**31), 2**31 - 1),
     cut=st.integers(0, 4000),
 )
 def test_lying_headers_give_data_error(tmp_path, count, rows, columns, cut):
     real = np.zeros((3, 28, 28), dtype=np.uint8).tobytes()
     path = tmp_path / "lying.gz"
-    path.write_bytes(gzip.compress((struct.pack(">4i", IMAGES_MAGIC, count, rows, columns) + real)[:cut]))
+    path.write_bytes(
+        gzip.compress((struct.pack(">4i", IMAGES_MAGIC, count, rows, columns) + real)[:cut])
+    )
     honest = (count, rows, columns) == (3, 28, 28) and cut >= 16 + len(real)
     if honest:
         assert data.read_idx(path, IMAGES_MAGIC).shape == (3, 28, 28)
@@ -171,7 +194,9 @@ def test_huge_declared_count_does_not_allocate_it(tmp_path):
     import tracemalloc
 
     path = tmp_path / "huge.gz"
-    path.write_bytes(gzip.compress(struct.pack(">4i", IMAGES_MAGIC, 2**31 - 1, 28, 28) + bytes(28 * 28 * 10)))
+    path.write_bytes(
+        gzip.compress(struct.pack(">4i", IMAGES_MAGIC, 2**31 - 1, 28, 28) + bytes(28 * 28 * 10))
+    )
     tracemalloc.start()
     with pytest.raises(DataError, match="truncated"):
         data.read_idx(path, IMAGES_MAGIC)

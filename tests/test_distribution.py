@@ -21,7 +21,8 @@ SMALL_RUN = "limit=512, epochs=1, batch_size=64, filters=8, hidden_units=32, iw_
 def mirrored_vs_one_device(mnist_dir, tmp_path_factory):
     """One SGD step and one epoch of main.train, on one device and mirrored over two CPUs."""
     folder = tmp_path_factory.mktemp("mirrored")
-    return run_python(f"""
+    return run_python(
+        f"""
 import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -50,7 +51,9 @@ for mode in ("none", "mirrored"):
     _, history = main.train(config)
     result[mode] = {{"replicas": placement.replicas, "step_loss": loss, "history": history.history}}
 print(json.dumps(result))
-""", timeout=400) | {"folder": folder}
+""",
+        timeout=400,
+    ) | {"folder": folder}
 
 
 def test_mirrored_uses_both_logical_cpus(mirrored_vs_one_device):
@@ -109,12 +112,31 @@ def start_workers(folder, output_dirs, settings=SMALL_RUN):
     workers = []
     for index, output_dir in enumerate(output_dirs):
         tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        code = WORKER.format(repo=str(REPO), data_dir=str(SHARED_DATA / "mnist"), output_dir=str(output_dir),
-                             settings=settings, weights=str(folder / f"weights{index}.npz"))
-        environment = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        with open(folder / f"worker{index}.out", "w") as stdout, open(folder / f"worker{index}.err", "w") as stderr:
-            workers.append(subprocess.Popen([sys.executable, "-c", code], env=environment, cwd=folder,
-                                            stdout=stdout, stderr=stderr))
+        code = WORKER.format(
+            repo=str(REPO),
+            data_dir=str(SHARED_DATA / "mnist"),
+            output_dir=str(output_dir),
+            settings=settings,
+            weights=str(folder / f"weights{index}.npz"),
+        )
+        environment = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(tf_config),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        with (
+            open(folder / f"worker{index}.out", "w") as stdout,
+            open(folder / f"worker{index}.err", "w") as stderr,
+        ):
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code],
+                    env=environment,
+                    cwd=folder,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+            )
     return workers
 
 
@@ -129,7 +151,9 @@ def finish(workers, folder):
     results = []
     for index, worker in enumerate(workers):
         assert worker.returncode == 0, (folder / f"worker{index}.err").read_text()[-3000:]
-        results.append(json.loads((folder / f"worker{index}.out").read_text().strip().splitlines()[-1]))
+        results.append(
+            json.loads((folder / f"worker{index}.out").read_text().strip().splitlines()[-1])
+        )
     return results, [np.load(folder / f"weights{index}.npz") for index in range(2)]
 
 
@@ -140,13 +164,20 @@ def assert_same_weights(weights):
 
 
 def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir, tmp_path):
-    results, weights = finish(start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"]), tmp_path)
+    results, weights = finish(
+        start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"]), tmp_path
+    )
     assert results[0]["history"] == results[1]["history"]  # the logs are reduced over both workers
     assert np.isfinite(results[0]["history"]["val_loss"]).all()
     assert_same_weights(weights)
     chief = tmp_path / "worker0"
-    for name in ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/metrics.json",
-                 "plots/manifold.png"):
+    for name in (
+        "checkpoint.keras",
+        "models/vae.keras",
+        "models/encoder.keras",
+        "models/metrics.json",
+        "plots/manifold.png",
+    ):
         assert (chief / name).exists(), name
     assert list((chief / "logs").glob("*/train/events.out.tfevents.*"))
     assert not (tmp_path / "worker1").exists()  # worker 1 wrote nothing at all
@@ -156,8 +187,10 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     """Both workers share one output folder; killed after the first epoch, both resume."""
     output_dir = tmp_path / "shared"
     limit, batch_size = 6000, 64
-    settings = (f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, iw_samples=2, "
-                "plots=False, image_every=0")
+    settings = (
+        f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, iw_samples=2, "
+        "plots=False, image_every=0"
+    )
     workers = start_workers(tmp_path, [output_dir, output_dir], settings)
     wait_for_first_epoch(workers, output_dir)
     for worker in workers:
@@ -172,11 +205,17 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     assert_same_weights(weights)
 
 
-@pytest.mark.parametrize("tf_config, message", [
-    (None, "needs TF_CONFIG"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "not a valid cluster"),
-    ("{not json", "not a valid cluster"),
-])
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "needs TF_CONFIG"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+            "not a valid cluster",
+        ),
+        ("{not json", "not a valid cluster"),
+    ],
+)
 def test_multi_worker_without_a_usable_tf_config_is_a_clear_error(tmp_path, tf_config, message):
     environment = {"TF_CONFIG": tf_config} if tf_config else {}
     result = run_main(["--distribute", "multi-worker", "--output-dir", str(tmp_path)], environment)
@@ -190,15 +229,20 @@ def backend_installed(name):
 
 @pytest.mark.skipif(not backend_installed("torch"), reason="PyTorch is not installed")
 def test_torch_refuses_distribution_with_a_clear_error(tmp_path):
-    result = run_main(["--distribute", "mirrored", "--output-dir", str(tmp_path)], {"KERAS_BACKEND": "torch"})
+    result = run_main(
+        ["--distribute", "mirrored", "--output-dir", str(tmp_path)], {"KERAS_BACKEND": "torch"}
+    )
     assert result.returncode == 1
-    assert "not available on KERAS_BACKEND=torch" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "not available on KERAS_BACKEND=torch" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 @pytest.mark.skipif(not backend_installed("jax"), reason="JAX is not installed")
 def test_jax_mirrored_uses_data_parallel_and_matches_one_device(mnist_dir, tmp_path):
     """Two host devices: DataParallel computes the same global batch as one device."""
-    result = run_python(f"""
+    result = run_python(
+        f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
 import jax, keras, main
@@ -215,7 +259,9 @@ try:
 except main.distribution.DistributionError as error:
     result["odd_batch"] = str(error)
 print(json.dumps(result))
-""", env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+""",
+        env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
     assert result["devices"] == 2 and result["distribution"] == "DataParallel"
     for name in ("loss", "reconstruction_loss", "kl_loss"):
         assert result["mirrored"][name] == pytest.approx(result["none"][name], rel=1e-4), name

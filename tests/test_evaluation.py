@@ -26,7 +26,9 @@ def test_importance_weighted_nll_tightens_with_more_samples():
     model.compile(optimizer="adam")
     model.fit(bar_images(512, seed=0), batch_size=32, epochs=5, verbose=0)
     images = bar_images(64, seed=1)
-    results = {k: evaluation.evaluate(model, images, samples=k, verbose=False) for k in (1, 4, 16, 64)}
+    results = {
+        k: evaluation.evaluate(model, images, samples=k, verbose=False) for k in (1, 4, 16, 64)
+    }
     elbo = results[64]["negative_elbo"]
     # One sample: the IW estimate is a (noisier) estimate of the negative ELBO itself.
     np.testing.assert_allclose(results[1]["iw_nll"], elbo, rtol=0.05)
@@ -40,7 +42,9 @@ def test_run_records_test_metrics(trained_run):
     record = json.loads((output_dir / "models" / "metrics.json").read_text())
     test = record["test"]
     assert test["iw_nll"] <= test["negative_elbo"] + 1.0
-    np.testing.assert_allclose(test["negative_elbo"], test["reconstruction_loss"] + test["kl_loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        test["negative_elbo"], test["reconstruction_loss"] + test["kl_loss"], rtol=1e-6
+    )
     assert test["images"] == 512 // 6 and test["iw_samples"] == 4
     assert record["config"]["seed"] == main.Config().seed and "keras" in record["versions"]
     assert record["training"]["epochs_trained"] == 1 and record["training"]["training_seconds"] > 0
@@ -49,8 +53,14 @@ def test_run_records_test_metrics(trained_run):
 
 def test_evaluate_only_reuses_saved_models(trained_run, mnist_dir):
     output_dir, _, _ = trained_run
-    config = main.Config(output_dir=str(output_dir), data_dir=mnist_dir, limit=600, iw_samples=2,
-                         evaluate_only=True, plots=False)
+    config = main.Config(
+        output_dir=str(output_dir),
+        data_dir=mnist_dir,
+        limit=600,
+        iw_samples=2,
+        evaluate_only=True,
+        plots=False,
+    )
     main.evaluate_saved_model(config)
     record = json.loads((output_dir / "models" / "metrics.json").read_text())
     assert record["test"]["iw_samples"] == 2 and record["test"]["images"] == 100
@@ -59,7 +69,14 @@ def test_evaluate_only_reuses_saved_models(trained_run, mnist_dir):
 
 def test_evaluate_only_refuses_other_data(trained_run, mnist_dir):
     output_dir, _, _ = trained_run
-    config = main.Config(output_dir=str(output_dir), data_dir=mnist_dir, dataset="fashion_mnist",
-                         evaluate_only=True, plots=False)
-    with pytest.raises(main.RunError, match="was trained with --dataset mnist; add --dataset mnist"):
+    config = main.Config(
+        output_dir=str(output_dir),
+        data_dir=mnist_dir,
+        dataset="fashion_mnist",
+        evaluate_only=True,
+        plots=False,
+    )
+    with pytest.raises(
+        main.RunError, match="was trained with --dataset mnist; add --dataset mnist"
+    ):
         main.evaluate_saved_model(config)

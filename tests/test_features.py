@@ -6,12 +6,11 @@ import json
 import keras
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import main
-from conftest import quick_config
-from conftest import run_python
+from conftest import quick_config, run_python
 
 
 def read_events(folder, kind):
@@ -29,19 +28,24 @@ def test_fashion_mnist_trains_and_names_its_run(tmp_path, fashion_mnist_dir):
 
 
 def test_conditional_decoder_reloads_with_plain_keras_and_follows_the_label(tmp_path, mnist_dir):
-    main.train(quick_config(tmp_path, mnist_dir, conditional=True, epochs=2, limit=1200, plot_class=3))
+    main.train(
+        quick_config(tmp_path, mnist_dir, conditional=True, epochs=2, limit=1200, plot_class=3)
+    )
     plots = {path.name for path in (tmp_path / "plots").iterdir()}
     assert {"class_samples.png", "manifold_class3.png", "interpolation.png", "samples.png"} <= plots
     assert "manifold_class4.png" not in plots  # --plot-class 3 draws that class only
-    decoded = run_python(f"""
+    decoded = run_python(
+        f"""
 import json, keras, numpy as np
-decoder = keras.saving.load_model({str(tmp_path / 'models' / 'decoder.keras')!r})
-encoder = keras.saving.load_model({str(tmp_path / 'models' / 'encoder.keras')!r})
+decoder = keras.saving.load_model({str(tmp_path / "models" / "decoder.keras")!r})
+encoder = keras.saving.load_model({str(tmp_path / "models" / "encoder.keras")!r})
 z = np.zeros((10, 2), 'float32')
 images = decoder.predict([z, np.eye(10, dtype='float32')], verbose=0)
 z_mean, _ = encoder.predict([images, np.eye(10, dtype='float32')], verbose=0)
 print(json.dumps({{"images": images.tolist(), "z_mean": z_mean.tolist()}}))
-""", cwd=tmp_path)
+""",
+        cwd=tmp_path,
+    )
     images = np.array(decoded["images"])
     assert images.shape == (10, 32, 32, 1)
     # The same z, ten labels: ten different pictures.
@@ -51,25 +55,42 @@ print(json.dumps({{"images": images.tolist(), "z_mean": z_mean.tolist()}}))
 
 def test_kl_warmup_rises_step_by_step_and_val_loss_stays_the_true_elbo(tmp_path, mnist_dir):
     # 256 images in batches of 64: 4 steps an epoch, so the 2-epoch warm-up takes 8 steps.
-    _, history = main.train(quick_config(tmp_path, mnist_dir, epochs=3, kl_warmup_epochs=2, limit=256, plots=False))
+    _, history = main.train(
+        quick_config(tmp_path, mnist_dir, epochs=3, kl_warmup_epochs=2, limit=256, plots=False)
+    )
     logged = history.history
     np.testing.assert_allclose(logged["kl_weight"], [0.5, 1.0, 1.0])  # after steps 4, 8 and 12
-    np.testing.assert_allclose(logged["val_loss"], np.add(logged["val_reconstruction_loss"], logged["val_kl_loss"]),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        logged["val_loss"],
+        np.add(logged["val_reconstruction_loss"], logged["val_kl_loss"]),
+        rtol=1e-4,
+    )
     # Epoch 0 trained with weights 0, 1/8, 2/8 and 3/8; epoch 2 with the full KL term.
-    assert logged["reconstruction_loss"][0] < logged["loss"][0] < logged["reconstruction_loss"][0] + 0.5 * logged["kl_loss"][0]
-    np.testing.assert_allclose(logged["loss"][2], logged["reconstruction_loss"][2] + logged["kl_loss"][2], rtol=1e-4)
+    assert (
+        logged["reconstruction_loss"][0]
+        < logged["loss"][0]
+        < logged["reconstruction_loss"][0] + 0.5 * logged["kl_loss"][0]
+    )
+    np.testing.assert_allclose(
+        logged["loss"][2], logged["reconstruction_loss"][2] + logged["kl_loss"][2], rtol=1e-4
+    )
     (train_folder,) = glob.glob(str(tmp_path / "logs" / "*" / "train"))
     scalars = read_events(train_folder, "tensors")
-    weights = [float(tf.make_ndarray(event.tensor_proto)) for event in scalars.Tensors("epoch_kl_weight")]
+    weights = [
+        float(tf.make_ndarray(event.tensor_proto)) for event in scalars.Tensors("epoch_kl_weight")
+    ]
     np.testing.assert_allclose(weights, [0.5, 1.0, 1.0])
 
 
 def test_beta_weights_the_kl_term_in_training_only(tmp_path, mnist_dir):
     _, history = main.train(quick_config(tmp_path, mnist_dir, beta=4.0, limit=256, plots=False))
     logged = {name: values[0] for name, values in history.history.items()}
-    np.testing.assert_allclose(logged["loss"], logged["reconstruction_loss"] + 4 * logged["kl_loss"], rtol=1e-4)
-    np.testing.assert_allclose(logged["val_loss"], logged["val_reconstruction_loss"] + logged["val_kl_loss"], rtol=1e-4)
+    np.testing.assert_allclose(
+        logged["loss"], logged["reconstruction_loss"] + 4 * logged["kl_loss"], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        logged["val_loss"], logged["val_reconstruction_loss"] + logged["val_kl_loss"], rtol=1e-4
+    )
     assert logged["kl_weight"] == 4.0
 
 
@@ -78,7 +99,11 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
     (images_folder,) = glob.glob(str(tmp_path / "logs" / "*" / "images"))
     events = read_events(images_folder, "tensors")
     tags = events.Tags()["tensors"]
-    assert {"reconstructions (original | reconstruction)", "samples from the prior", "latent space"} <= set(tags)
+    assert {
+        "reconstructions (original | reconstruction)",
+        "samples from the prior",
+        "latent space",
+    } <= set(tags)
     for tag in tags:
         logged = events.Tensors(tag)
         assert [event.step for event in logged] == [1]  # the second epoch only
@@ -105,20 +130,32 @@ def step_sizes(config, steps, train_size=640):
 def test_learning_rate_warms_up_then_follows_the_cosine():
     # 640 images in batches of 64: 10 steps an epoch, 30 in all, the first 10 warming up.
     settings = dict(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=1)
-    np.testing.assert_allclose(step_sizes(main.Config(**settings), [0, 5, 10, 20, 30]),
-                               [1e-4, 5.5e-4, 1e-3, 5e-4, 0.0], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        step_sizes(main.Config(**settings), [0, 5, 10, 20, 30]),
+        [1e-4, 5.5e-4, 1e-3, 5e-4, 0.0],
+        rtol=1e-4,
+        atol=1e-9,
+    )
     # Without the cosine, the step size stays at its top after the warm-up.
-    np.testing.assert_allclose(step_sizes(main.Config(**settings, cosine_decay=False), [0, 10, 30]),
-                               [1e-4, 1e-3, 1e-3], rtol=1e-4)
+    np.testing.assert_allclose(
+        step_sizes(main.Config(**settings, cosine_decay=False), [0, 10, 30]),
+        [1e-4, 1e-3, 1e-3],
+        rtol=1e-4,
+    )
     # Without a warm-up the cosine starts at the full step size.
-    np.testing.assert_allclose(step_sizes(main.Config(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=0),
-                                          [0, 15]),
-                               [1e-3, 5e-4], rtol=1e-4)
+    np.testing.assert_allclose(
+        step_sizes(
+            main.Config(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=0), [0, 15]
+        ),
+        [1e-3, 5e-4],
+        rtol=1e-4,
+    )
 
 
 def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, mnist_dir):
-    model, history = main.train(quick_config(tmp_path, mnist_dir, dtype_policy="mixed_bfloat16", limit=256,
-                                             plots=False))
+    model, history = main.train(
+        quick_config(tmp_path, mnist_dir, dtype_policy="mixed_bfloat16", limit=256, plots=False)
+    )
     assert np.isfinite(history.history["val_loss"][0])
     assert model.encoder.layers[1].compute_dtype == "bfloat16"
     images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
@@ -126,21 +163,34 @@ def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, 
     assert expected.dtype == np.float32  # the heads stay float32
     # The last layer computes in bfloat16 too, but users and the loss get float32.
     probabilities = model.decoder.predict(expected, verbose=0)
-    assert probabilities.dtype == np.float32 and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    assert (
+        probabilities.dtype == np.float32
+        and probabilities.min() >= 0.0
+        and probabilities.max() <= 1.0
+    )
     outputs = model(images)
-    assert {keras.backend.standardize_dtype(outputs[key].dtype) for key in ("logits", "reconstruction")} == {"float32"}
-    reloaded = run_python(f"""
+    assert {
+        keras.backend.standardize_dtype(outputs[key].dtype) for key in ("logits", "reconstruction")
+    } == {"float32"}
+    reloaded = run_python(
+        f"""
 import json, keras, numpy as np
-encoder = keras.saving.load_model({str(tmp_path / 'models' / 'encoder.keras')!r})
+encoder = keras.saving.load_model({str(tmp_path / "models" / "encoder.keras")!r})
 z_mean, _ = encoder.predict(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32), verbose=0)
 print(json.dumps({{"z_mean": z_mean.tolist(), "dtype": encoder.layers[1].compute_dtype}}))
-""", cwd=tmp_path)
+""",
+        cwd=tmp_path,
+    )
     assert reloaded["dtype"] == "bfloat16"
     np.testing.assert_allclose(reloaded["z_mean"], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bfloat16_seconds, expected", [(0.5, "mixed_bfloat16"), (0.95, "float32"), (6.0, "float32")])
-def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(monkeypatch, bfloat16_seconds, expected):
+@pytest.mark.parametrize(
+    "bfloat16_seconds, expected", [(0.5, "mixed_bfloat16"), (0.95, "float32"), (6.0, "float32")]
+)
+def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(
+    monkeypatch, bfloat16_seconds, expected
+):
     import vae
 
     timings = {"float32": 1.0, "mixed_bfloat16": bfloat16_seconds}
@@ -155,7 +205,11 @@ def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(monkeypatch,
 
 
 def test_auto_dtype_policy_run_records_what_it_trained_in(tmp_path, mnist_dir):
-    model, _ = main.train(quick_config(tmp_path, mnist_dir, dtype_policy="auto", limit=256, plots=False))
-    chosen = json.loads((tmp_path / "models" / "metrics.json").read_text())["config"]["dtype_policy"]
+    model, _ = main.train(
+        quick_config(tmp_path, mnist_dir, dtype_policy="auto", limit=256, plots=False)
+    )
+    chosen = json.loads((tmp_path / "models" / "metrics.json").read_text())["config"][
+        "dtype_policy"
+    ]
     assert chosen in ("float32", "mixed_bfloat16")
     assert model.encoder.layers[1].dtype_policy.name == chosen

@@ -17,20 +17,27 @@ from conftest import quick_config
 
 def test_entropy_floor_of_a_hand_made_array():
     images = np.zeros((2, 2, 2, 1), np.float32)
-    images[0] = [[[0.5], [0.5]], [[0.0], [1.0]]]  # two coin flips; black and white pixels cost nothing
+    images[0] = [
+        [[0.5], [0.5]],
+        [[0.0], [1.0]],
+    ]  # two coin flips; black and white pixels cost nothing
     images[1] = [[[0.25], [0.0]], [[0.0], [0.0]]]
     quarter = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     expected = np.mean([2 * math.log(2), quarter])
     assert evaluation.data_entropy_floor(images) == pytest.approx(expected, rel=1e-9)
     # Zero padding (as to 32x32) adds nothing.
-    assert evaluation.data_entropy_floor(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))) == pytest.approx(expected)
+    assert evaluation.data_entropy_floor(
+        np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    ) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("dataset, floor", [("mnist", 45.53), ("fashion_mnist", 189.86)])
 def test_entropy_floor_of_the_real_test_sets(dataset, floor, request):
     folder = request.getfixturevalue(f"{dataset}_dir")
     _, (test_images, _) = data.load_dataset(dataset, folder)
-    assert evaluation.data_entropy_floor(data.prepare_images(test_images, 32)) == pytest.approx(floor, abs=0.005)
+    assert evaluation.data_entropy_floor(data.prepare_images(test_images, 32)) == pytest.approx(
+        floor, abs=0.005
+    )
 
 
 def test_active_units_count_only_dimensions_that_carry_information():
@@ -38,7 +45,9 @@ def test_active_units_count_only_dimensions_that_carry_information():
     z_mean = np.array([[2.0, 0.0, 0.2], [-2.0, 0.0, -0.2]])
     z_log_var = np.array([[-4.0, 0.0, 0.0], [-4.0, 0.0, 0.0]])
     per_dimension = evaluation.kl_per_dimension(z_mean, z_log_var)
-    np.testing.assert_allclose(per_dimension.sum(axis=1), vae_module.kl_divergence(z_mean, z_log_var), rtol=1e-6)
+    np.testing.assert_allclose(
+        per_dimension.sum(axis=1), vae_module.kl_divergence(z_mean, z_log_var), rtol=1e-6
+    )
     mean_kl = per_dimension.mean(axis=0)
     np.testing.assert_allclose(mean_kl, [-0.5 * (1 - 4 - 4 - math.exp(-4)), 0.0, 0.02], rtol=1e-6)
     assert evaluation.active_units(mean_kl) == 2
@@ -49,14 +58,41 @@ def test_active_units_count_only_dimensions_that_carry_information():
 def two_runs(tmp_path_factory, mnist_dir):
     """`python main.py --latent-dim 4` (tiny) after a latent-2 run in the same output folder."""
     output_dir = tmp_path_factory.mktemp("latent")
-    main.train(quick_config(output_dir, mnist_dir, run_name="first", limit=256, plots=False, image_every=0))
-    main.main(["--latent-dim", "4", "--run-name", "second", "--data-dir", mnist_dir, "--output-dir", str(output_dir),
-               "--limit", "256", "--epochs", "1", "--batch-size", "64", "--filters", "8", "--hidden-units", "32",
-               "--iw-samples", "4", "--image-every", "0"])
+    main.train(
+        quick_config(output_dir, mnist_dir, run_name="first", limit=256, plots=False, image_every=0)
+    )
+    main.main(
+        [
+            "--latent-dim",
+            "4",
+            "--run-name",
+            "second",
+            "--data-dir",
+            mnist_dir,
+            "--output-dir",
+            str(output_dir),
+            "--limit",
+            "256",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--filters",
+            "8",
+            "--hidden-units",
+            "32",
+            "--iw-samples",
+            "4",
+            "--image-every",
+            "0",
+        ]
+    )
     return output_dir
 
 
-def test_a_larger_latent_run_draws_traversals_and_records_active_units_and_the_floor(two_runs, mnist_dir):
+def test_a_larger_latent_run_draws_traversals_and_records_active_units_and_the_floor(
+    two_runs, mnist_dir
+):
     test = json.loads((two_runs / "models" / "metrics.json").read_text())["test"]
     assert len(test["kl_per_dimension"]) == 4
     assert test["active_units"] == sum(value > 0.01 for value in test["kl_per_dimension"])
@@ -64,7 +100,10 @@ def test_a_larger_latent_run_draws_traversals_and_records_active_units_and_the_f
     # The floor of the run's 42 test images, 32x32, equals that of the unpadded 28x28 originals.
     _, (test_images, _) = data.load_dataset("mnist", mnist_dir, limit=256)
     expected = evaluation.data_entropy_floor(test_images.astype(np.float64) / 255)
-    assert test["data_entropy_floor"] == pytest.approx(expected) and 0 < expected < test["negative_elbo"]
+    assert (
+        test["data_entropy_floor"] == pytest.approx(expected)
+        and 0 < expected < test["negative_elbo"]
+    )
     traversals = two_runs / "plots" / "traversals.png"
     assert traversals.read_bytes().startswith(b"\x89PNG")
 
@@ -75,25 +114,50 @@ def hparams_tab(logdir):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+    from tensorboard.plugins.hparams import (
+        api_pb2,
+        backend_context,
+        get_experiment,
+        list_session_groups,
+    )
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(logdir)
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
-    backend = backend_context.Context(base_plugin.TBContext(logdir=logdir, multiplexer=multiplexer, data_provider=provider))
+    backend = backend_context.Context(
+        base_plugin.TBContext(logdir=logdir, multiplexer=multiplexer, data_provider=provider)
+    )
     request = context.RequestContext()
-    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest(include_metrics=True)).run()
-    rows = list_session_groups.Handler(request, backend, "", api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=100, include_metrics=True,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS])).run()
+    experiment = get_experiment.Handler(
+        request, backend, "", api_pb2.GetExperimentRequest(include_metrics=True)
+    ).run()
+    rows = list_session_groups.Handler(
+        request,
+        backend,
+        "",
+        api_pb2.ListSessionGroupsRequest(
+            start_index=0,
+            slice_size=100,
+            include_metrics=True,
+            allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS],
+        ),
+    ).run()
     return experiment, rows.session_groups
 
 
 def test_hparams_tab_lists_every_run_with_its_settings_and_test_figures(two_runs):
     experiment, rows = hparams_tab(str(two_runs / "logs"))
     columns = {info.name for info in experiment.hparam_infos}
-    assert {"latent_dim", "dataset", "epochs", "batch_size", "learning_rate", "beta", "limit"} <= columns
+    assert {
+        "latent_dim",
+        "dataset",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "beta",
+        "limit",
+    } <= columns
     metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
     for name in ("negative_elbo", "iw_nll", "kl_loss", "active_units", "data_entropy_floor"):
         assert ("evaluation", f"test/{name}") in metrics
@@ -101,12 +165,19 @@ def test_hparams_tab_lists_every_run_with_its_settings_and_test_figures(two_runs
 
     assert sorted(row.name for row in rows) == ["first", "second"]
     second = next(row for row in rows if row.name == "second")
-    assert second.hparams["latent_dim"].number_value == 4 and second.hparams["limit"].number_value == 256
+    assert (
+        second.hparams["latent_dim"].number_value == 4
+        and second.hparams["limit"].number_value == 256
+    )
     figures = {(value.name.group, value.name.tag): value.value for value in second.metric_values}
     recorded = json.loads((two_runs / "models" / "metrics.json").read_text())
-    assert figures[("evaluation", "test/negative_elbo")] == pytest.approx(recorded["test"]["negative_elbo"], rel=1e-5)
+    assert figures[("evaluation", "test/negative_elbo")] == pytest.approx(
+        recorded["test"]["negative_elbo"], rel=1e-5
+    )
     assert figures[("evaluation", "test/active_units")] == recorded["test"]["active_units"]
-    assert figures[("evaluation", "training/seconds")] == pytest.approx(recorded["training"]["training_seconds"])
+    assert figures[("evaluation", "training/seconds")] == pytest.approx(
+        recorded["training"]["training_seconds"]
+    )
 
 
 def test_mlp_baseline_has_the_pytorch_example_shapes_and_learns():

@@ -1,9 +1,9 @@
 """The model's shapes, its sampling and its loss, checked against numpy."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import vae as vae_module
 
 
@@ -27,8 +27,11 @@ def test_shapes_follow_the_image_size():
 
 def test_convolutions_have_biases_only_with_conv_bias(tmp_path):
     def biased(model):
-        return [(layer.name == "logits", layer.use_bias) for layer in model.encoder.layers + model.decoder.layers
-                if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)]
+        return [
+            (layer.name == "logits", layer.use_bias)
+            for layer in model.encoder.layers + model.decoder.layers
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+        ]
 
     lean = vae_module.build_vae(filters=4, hidden_units=8, seed=0)
     # Two convolutions, two transposed ones without biases; the logits layer keeps its own.
@@ -40,9 +43,15 @@ def test_convolutions_have_biases_only_with_conv_bias(tmp_path):
     with_bias.encoder.save(tmp_path / "encoder.keras")
     images = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
     reloaded = keras.saving.load_model(tmp_path / "encoder.keras")
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0)[0], with_bias.encoder.predict(images, verbose=0)[0],
-                               rtol=1e-5, atol=1e-6)
-    assert all(layer.use_bias for layer in reloaded.layers if isinstance(layer, keras.layers.Conv2D))
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0)[0],
+        with_bias.encoder.predict(images, verbose=0)[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert all(
+        layer.use_bias for layer in reloaded.layers if isinstance(layer, keras.layers.Conv2D)
+    )
 
 
 def test_sampling_draws_from_the_given_gaussian():
@@ -69,19 +78,25 @@ def test_loss_is_summed_bce_plus_kl_per_image():
     mean, log_var = outputs["z_mean"].astype(np.float64), outputs["z_log_var"].astype(np.float64)
     kl = (-0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(axis=1)).mean()
     np.testing.assert_allclose(loss, reconstruction + kl, rtol=1e-5)
-    np.testing.assert_allclose(outputs["reconstruction"], 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        outputs["reconstruction"], 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fit_reports_loss_and_its_parts():
     model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
     model.compile(optimizer="adam")
     images = np.random.default_rng(2).random((64, 32, 32, 1), dtype=np.float32)
-    history = model.fit(images, validation_data=(images,), batch_size=32, epochs=1, verbose=0).history
+    history = model.fit(
+        images, validation_data=(images,), batch_size=32, epochs=1, verbose=0
+    ).history
     for name in ("loss", "reconstruction_loss", "kl_loss"):
         assert np.isfinite(history[name][0]) and np.isfinite(history["val_" + name][0])
     # Validation always uses KL weight 1: val_loss is the negative ELBO.
     np.testing.assert_allclose(
-        history["val_loss"][0], history["val_reconstruction_loss"][0] + history["val_kl_loss"][0], rtol=1e-4
+        history["val_loss"][0],
+        history["val_reconstruction_loss"][0] + history["val_kl_loss"][0],
+        rtol=1e-4,
     )
 
 
@@ -93,13 +108,17 @@ def test_fused_adam_trains_exactly_as_keras_adam():
         keras.utils.set_random_seed(0)  # the same initial weights for both
         # With conv biases: without them this tiny model turns the two optimizers' rounding
         # differences (1e-7 after one step) into 1e-3 within a few steps.
-        model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0, conv_bias=True)
+        model = vae_module.build_vae(
+            latent_dim=2, filters=4, hidden_units=8, seed=0, conv_bias=True
+        )
         initial = [keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights]
         schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=6)
         model.compile(optimizer=optimizer_class(schedule))
         model.fit(images, batch_size=32, epochs=2, shuffle=False, verbose=0)
         assert int(model.optimizer.iterations.numpy()) == 6
         trained.append([keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights])
-        assert not any(np.allclose(before, after) for before, after in zip(initial, trained[-1]))
-    for keras_adam, fused_adam in zip(*trained):
+        assert not any(
+            np.allclose(before, after) for before, after in zip(initial, trained[-1], strict=True)
+        )
+    for keras_adam, fused_adam in zip(*trained, strict=True):
         np.testing.assert_allclose(fused_adam, keras_adam, rtol=1e-4, atol=1e-6)

@@ -12,7 +12,14 @@ import pytest
 from conftest import REPO, quick_config
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
-PICTURE_SECTIONS = ["latent-space", "grid", "reconstructions", "interpolation", "arithmetic", "dimensions"]
+PICTURE_SECTIONS = [
+    "latent-space",
+    "grid",
+    "reconstructions",
+    "interpolation",
+    "arithmetic",
+    "dimensions",
+]
 CONDITIONAL_SECTIONS = ["style-transfer", "class-styles"]
 
 
@@ -29,11 +36,19 @@ def execute(output_dir, data_dir=None, hide=None):
     if hide:
         package, folder = hide
         (folder / package).mkdir(parents=True)
-        (folder / package / "__init__.py").write_text(f"raise ImportError('{package} is hidden by the test')\n")
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+        (folder / package / "__init__.py").write_text(
+            f"raise ImportError('{package} is hidden by the test')\n"
+        )
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(folder), os.environ.get("PYTHONPATH")])
+        )
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
     client.execute(env=environment)
     return notebook
 
@@ -48,8 +63,13 @@ def images_in(cell):
 
 
 def printed(notebook):
-    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for output in cell.outputs if output.get("name") == "stdout")
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.get("name") == "stdout"
+    )
 
 
 def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
@@ -66,20 +86,36 @@ def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
     # The sliders: a widget in the cell, and the picture its first drawing left in the
     # notebook's widget state.
     interactive = cell(notebook, "interactive")
-    assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in interactive.outputs)
-    widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    assert any(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        for output in interactive.outputs
+    )
+    widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"][
+        "state"
+    ].values()
     sliders = [widget for widget in widgets if widget["model_name"] == "FloatSliderModel"]
     assert len(sliders) == 2
-    drawn = [output for widget in widgets if widget["model_name"] == "OutputModel"
-             for output in widget["state"].get("outputs", []) if "image/png" in output.get("data", {})]
+    drawn = [
+        output
+        for widget in widgets
+        if widget["model_name"] == "OutputModel"
+        for output in widget["state"].get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
     assert len(drawn) == 1
 
 
-def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(tmp_path, mnist_dir):
+def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(
+    tmp_path, mnist_dir
+):
     import main
 
     output_dir = tmp_path / "run"
-    main.train(quick_config(output_dir, mnist_dir, conditional=True, latent_dim=3, plots=False, image_every=0))
+    main.train(
+        quick_config(
+            output_dir, mnist_dir, conditional=True, latent_dim=3, plots=False, image_every=0
+        )
+    )
     notebook = execute(output_dir, mnist_dir, hide=("ipywidgets", tmp_path / "hidden"))
 
     assert "a conditional VAE of mnist, latent size 3" in printed(notebook)
@@ -111,7 +147,9 @@ def test_a_wrong_data_folder_stops_the_notebook_with_one_sentence(tmp_path):
         execute(tmp_path, data_dir=str(tmp_path / "no-such-folder"))
 
     assert failure.value.ename == "FileNotFoundError"
-    assert failure.value.evalue.startswith(f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} is not a folder")
+    assert failure.value.evalue.startswith(
+        f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} is not a folder"
+    )
 
 
 def test_committed_notebook_has_no_outputs():

@@ -21,16 +21,41 @@ from conftest import REPO, quick_config, wait_for_first_epoch
 
 def command(output_dir, data_dir, *extra):
     """A run long enough to be interrupted mid-epoch (a few seconds per epoch)."""
-    return [sys.executable, "main.py", "--data-dir", data_dir, "--output-dir", str(output_dir),
-            "--limit", "6000", "--epochs", "3", "--batch-size", "64", "--filters", "8", "--hidden-units", "32",
-            "--iw-samples", "2", "--no-plots", *extra]
+    return [
+        sys.executable,
+        "main.py",
+        "--data-dir",
+        data_dir,
+        "--output-dir",
+        str(output_dir),
+        "--limit",
+        "6000",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--filters",
+        "8",
+        "--hidden-units",
+        "32",
+        "--iw-samples",
+        "2",
+        "--no-plots",
+        *extra,
+    ]
 
 
 def start_and_wait_for_first_epoch(arguments):
     # As in a terminal: SIGINT is not ignored, even if this test runs in a background job
     # (which ignores it, and a child would inherit that).
-    process = subprocess.Popen(arguments, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        arguments,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     wait_for_first_epoch([process], arguments[arguments.index("--output-dir") + 1])
     return process
 
@@ -77,7 +102,9 @@ def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist
     vae, history = main.train(config)
     assert history.epoch[0] >= 1  # continued, not restarted
     steps_per_epoch = -(-6000 // config.batch_size)
-    assert int(vae.optimizer.iterations.numpy()) == 3 * steps_per_epoch  # Adam's step count came back too
+    assert (
+        int(vae.optimizer.iterations.numpy()) == 3 * steps_per_epoch
+    )  # Adam's step count came back too
 
 
 def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
@@ -112,16 +139,26 @@ def ctrl_c_as_in_a_terminal():
 def test_ctrl_c_swallowed_by_library_code_still_stops_training(ctrl_c_as_in_a_terminal):
     images = np.zeros((64, 2), "float32")
     batches = []
-    count_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    count_batches = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batches.append(batch)
+    )
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
-    model.fit(images, images, batch_size=8, epochs=1, verbose=0, callbacks=[SwallowCtrlC(), count_batches])
+    model.fit(
+        images, images, batch_size=8, epochs=1, verbose=0, callbacks=[SwallowCtrlC(), count_batches]
+    )
     assert len(batches) == 8  # without StopOnCtrlC the press is lost and training runs on
 
     batches.clear()
     with pytest.raises(KeyboardInterrupt):
-        model.fit(images, images, batch_size=8, epochs=1, verbose=0,
-                  callbacks=[StopOnCtrlC(), SwallowCtrlC(), count_batches])
+        model.fit(
+            images,
+            images,
+            batch_size=8,
+            epochs=1,
+            verbose=0,
+            callbacks=[StopOnCtrlC(), SwallowCtrlC(), count_batches],
+        )
     assert batches == [0, 1]  # stopped at the next batch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -145,13 +182,38 @@ def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
 def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir):
     main.train(quick_config(tmp_path, mnist_dir, plots=False))
-    kept = {name: digest(tmp_path / name) for name in
-            ("checkpoint.keras", "models/vae.keras", "models/encoder.keras", "models/decoder.keras")}
-    arguments = ["--data-dir", mnist_dir, "--output-dir", str(tmp_path), "--limit", "512", "--epochs", "1",
-                 "--batch-size", "64", "--filters", "8", "--hidden-units", "32", "--learning-rate", "1e4"]
+    kept = {
+        name: digest(tmp_path / name)
+        for name in (
+            "checkpoint.keras",
+            "models/vae.keras",
+            "models/encoder.keras",
+            "models/decoder.keras",
+        )
+    }
+    arguments = [
+        "--data-dir",
+        mnist_dir,
+        "--output-dir",
+        str(tmp_path),
+        "--limit",
+        "512",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--filters",
+        "8",
+        "--hidden-units",
+        "32",
+        "--learning-rate",
+        "1e4",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main.main(arguments)
-    assert "training diverged" in str(exit_info.value.code) and "--learning-rate" in str(exit_info.value.code)
+    assert "training diverged" in str(exit_info.value.code) and "--learning-rate" in str(
+        exit_info.value.code
+    )
     assert {name: digest(tmp_path / name) for name in kept} == kept
 
 
@@ -160,7 +222,9 @@ def test_unwritable_output_is_refused_before_training(tmp_path):
     blocker.write_text("not a folder")
     for output_dir in (blocker, blocker / "inside"):
         with pytest.raises(main.RunError, match="is a file|cannot write"):
-            main.train(main.Config(output_dir=str(output_dir), data_dir="/nonexistent"))  # data is never read
+            main.train(
+                main.Config(output_dir=str(output_dir), data_dir="/nonexistent")
+            )  # data is never read
 
 
 def test_read_only_output_is_refused_before_training(tmp_path):
@@ -177,9 +241,11 @@ def test_read_only_output_is_refused_before_training(tmp_path):
 
 
 def test_second_run_in_the_same_folder_is_refused(tmp_path, mnist_dir):
-    with run_folder.output_lock(str(tmp_path)):
-        with pytest.raises(main.RunError, match="another run is using"):
-            main.train(quick_config(tmp_path, mnist_dir))
+    with (
+        run_folder.output_lock(str(tmp_path)),
+        pytest.raises(main.RunError, match="another run is using"),
+    ):
+        main.train(quick_config(tmp_path, mnist_dir))
     # Released when the first run ends: the folder is usable again.
     with run_folder.output_lock(str(tmp_path)):
         pass
