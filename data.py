@@ -150,7 +150,8 @@ def _load_npz(path):
     for images, labels in splits:
         if images.dtype != np.uint8 or images.shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
             raise DataError(
-                f"{path}: images must be uint8 of shape (N, 28, 28), got {images.dtype} {images.shape}"
+                f"{path}: images must be uint8 of shape (N, 28, 28), "
+                f"got {images.dtype} {images.shape}"
             )
         _check_pair(images, labels, path, path)
     return splits

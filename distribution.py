@@ -64,7 +64,8 @@ class Placement:
     def describe(self):
         if self.mode == "none":
             return "one device"
-        replicas = f"{self.replicas} replica{'s' if self.replicas != 1 else ''} ({', '.join(self.devices)})"
+        plural = "s" if self.replicas != 1 else ""
+        replicas = f"{self.replicas} replica{plural} ({', '.join(self.devices)})"
         return f"{self.mode}: {replicas}" + (
             f", this is {self.worker}" if self.mode == "multi-worker" else ""
         )
@@ -95,8 +96,9 @@ def place(mode, batch_size=None):
             even_batches=True,
         )
     raise DistributionError(
-        f"--distribute {mode} is not available on KERAS_BACKEND={backend}: mirrored runs on tensorflow "
-        "or jax, multi-worker on tensorflow. Use --distribute none here, or another backend."
+        f"--distribute {mode} is not available on KERAS_BACKEND={backend}: mirrored runs on "
+        "tensorflow or jax, multi-worker on tensorflow. Use --distribute none here, or another "
+        "backend."
     )
 
 
@@ -162,9 +164,9 @@ def read_tf_config():
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise DistributionError(
-            "--distribute multi-worker needs TF_CONFIG, the cluster and this machine's place in it, e.g. "
-            'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-            '"index": 0}}\' (see docs/distributed.md)'
+            "--distribute multi-worker needs TF_CONFIG, the cluster and this machine's place in "
+            'it, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' (see docs/distributed.md)'
         )
     try:
         tf_config = json.loads(text)

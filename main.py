@@ -4,7 +4,7 @@
     python main.py --data-dir path/to/mnist         # offline, from the four original IDX files
     python main.py --dataset fashion_mnist --conditional   # clothes, one decoder per class
     python main.py --evaluate-only                  # evaluate and plot the saved model again
-    python main.py --distribute mirrored            # every local GPU (docs/distributed.md: machines)
+    python main.py --distribute mirrored            # every local GPU (docs/distributed.md)
     KERAS_BACKEND=jax python main.py                # or torch: the same program on another backend
     python main.py --help                           # every setting and its default
 
@@ -17,7 +17,7 @@ negative ELBO, in nats per image. The 10,000 test images are the validation set.
 Outputs (under --output-dir, default here):
     checkpoint.keras                 best epoch so far (lowest val_loss)
     logs/<run name>/                 TensorBoard curves and pictures: tensorboard --logdir logs
-    models/vae.keras                 the whole VAE (load after `import main`)
+    models/vae.keras                 the whole VAE (load after `import vae`)
     models/encoder.keras, decoder.keras   load with plain `import keras`
     models/metrics.json              test negative ELBO and importance-weighted NLL
     plots/*.png                      latent space, manifold, reconstructions, samples, ...
@@ -43,10 +43,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-# TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs. On others (the
-# AMD EPYC this was tuned on) they make a batch-32 training step about 30 % cheaper and the
-# evaluation 25 % faster (docs/performance.md). Read when TensorFlow is first imported, so it
-# is set before `import keras`; TF_ENABLE_ONEDNN_OPTS=0 in the environment turns it off.
+# TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs, although they
+# run this model's convolutions faster on other x86 CPUs too (docs/performance.md). Read when
+# TensorFlow is first imported, so it is set before `import keras`; TF_ENABLE_ONEDNN_OPTS=0
+# in the environment turns it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402  (after the setting above)
@@ -75,7 +75,7 @@ from run_folder import (
     save_models,
     write_atomically,
 )
-from vae import VAE, FusedAdam, Sampling, build_vae, fastest_dtype_policy  # noqa: F401  (registers the classes for loading)
+from vae import FusedAdam, build_vae, fastest_dtype_policy
 
 """
 ## Config
@@ -132,40 +132,32 @@ class Config:
     # Data
     dataset: str = setting("mnist", "which images to learn", choices=sorted(data.CLASS_NAMES))
     data_dir: str = setting(
-        None, "folder with the four IDX .gz files (or mnist.npz); default: Keras' download cache"
+        None,
+        "folder with the four IDX files (or mnist.npz) for offline use; default: Keras' download",
     )
     limit: int = setting(
-        None,
-        "use only the first N training and N // 6 test images (quick tries, tests)",
-        positive_int,
+        None, "use only the first N training and N // 6 test images (quick tries)", positive_int
     )
     image_size: int = setting(
-        32,
-        "pad 28x28 images to this size; divisible by 4 for the two stride-2 layers",
-        positive_int,
+        32, "pad the 28x28 images to this size; a multiple of 4 (two stride-2 layers)", positive_int
     )
     # Model
     latent_dim: int = setting(
-        2, "dimensions of z; 2 lets the latent space be plotted directly", positive_int
+        2, "dimensions of z; 2 lets the latent space be drawn directly", positive_int
     )
     filters: int = setting(
-        32, "channels of the first conv layer (the second has twice as many)", positive_int
+        32, "channels of the first convolution (the second has twice as many)", positive_int
     )
-    hidden_units: int = setting(
-        512,
-        "width of the dense layers next to z: the widest lever on quality per second",
-        positive_int,
-    )
+    hidden_units: int = setting(512, "width of the dense layers next to z", positive_int)
     dense_activation: str = setting(
         "gelu",
-        "activation of the dense layers next to z (the convolutions use relu): "
-        "gelu learns faster than relu at almost no cost",
+        "activation of the dense layers next to z (the convolutions use relu)",
         choices=["gelu", "relu", "silu"],
     )
     conv_bias: bool = setting(
         False,
-        "give the convolutions biases: about 7 percent more time per step for no measured "
-        "gain (the dense layers have theirs)",
+        "give the hidden convolutions biases; off by default: a ReLU after a convolution needs no "
+        "bias to learn well, and adding and differentiating one costs a pass over every pixel",
     )
     conditional: bool = setting(
         False, "conditional VAE: encoder and decoder also read the one-hot class label"
@@ -177,28 +169,20 @@ class Config:
     )
     kl_warmup_epochs: int = setting(
         1,
-        "raise the KL weight linearly from 0 to --beta over this many epochs, step "
-        "by step: a lower final loss than the full weight from the start",
+        "raise the KL weight step by step from 0 to --beta over this many epochs, so the "
+        "encoder spreads the images out in z before the prior pulls them in",
         non_negative_int,
     )
-    # Training: measured on a held-out part of the training set (see docs/performance.md)
-    epochs: int = setting(
-        20,
-        "passes over the training set; a default run of 20 took 6 to 7 minutes on a 2-core "
-        "CPU with AVX512-BF16 (docs/performance.md)",
-        positive_int,
-    )
+    # Training
+    epochs: int = setting(20, "passes over the training set", positive_int)
     batch_size: int = setting(
-        256,
-        "images per gradient step: large batches use the CPU's vector units fully; with "
-        "the step-size warm-up they learn as much per image as batch 32 did",
-        positive_int,
+        256, "images per gradient step: large batches keep a CPU's vector units busy", positive_int
     )
     learning_rate: float = setting(4e-3, "Adam's step size after the warm-up", positive_float)
     lr_warmup_epochs: int = setting(
         1,
-        "raise the step size linearly from a tenth of --learning-rate to it over this "
-        "many epochs first: lets large batches take large steps",
+        "raise the step size linearly from a tenth of --learning-rate to it over this many "
+        "epochs, so that large batches start with gentle steps",
         non_negative_int,
     )
     cosine_decay: bool = setting(
@@ -206,15 +190,13 @@ class Config:
     )
     dtype_policy: str = setting(
         "auto",
-        "compute dtype of the hidden layers: mixed_bfloat16 computes the convolutions "
-        "and dense layers in bfloat16 (weights, z heads and loss stay float32); auto "
-        "times a few steps of each at start and takes bfloat16 only where clearly faster",
+        "compute dtype of the hidden layers: mixed_bfloat16 computes them in bfloat16 (weights, "
+        "z heads and loss stay float32); auto times a few steps of each at start and takes "
+        "bfloat16 only where it is clearly faster on this machine",
         choices=["auto", "float32", "mixed_bfloat16"],
     )
     seed: int = setting(
-        1337,
-        "seeds weights, shuffling and sampling: the same seed repeats a run on the same machine",
-        int,
+        1337, "seeds weights, shuffling and sampling: the same seed repeats a run", int
     )
     distribute: str = setting(
         "none",
@@ -224,9 +206,7 @@ class Config:
     )
     # Evaluation
     iw_samples: int = setting(
-        32,
-        "z samples per test image for the importance-weighted NLL (K); 32 take ~1 minute on a CPU",
-        positive_int,
+        32, "z samples per test image for the importance-weighted NLL (K)", positive_int
     )
     evaluate_only: bool = setting(
         False, "evaluate and plot the saved models/vae.keras instead of training"
@@ -245,7 +225,8 @@ class Config:
     )
     image_every: int = setting(
         1,
-        "log reconstructions, samples and the latent scatter to TensorBoard every N epochs (0: never)",
+        "log reconstructions, samples and the latent scatter to TensorBoard every N epochs "
+        "(0: never)",
         non_negative_int,
     )
 
@@ -279,7 +260,8 @@ def parse_args(argv=None):
     config = Config(**vars(arguments))
     if config.image_size % 4 or config.image_size < data.ORIGINAL_SIZE:
         parser.error(
-            f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, got {config.image_size}"
+            f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, "
+            f"got {config.image_size}"
         )
     return config
 
@@ -309,29 +291,34 @@ their sizes from the config, and Adam its step size.
 """
 
 
+def architecture(config):
+    """The model's shape, as vae.py's builders take it."""
+    return {
+        "image_size": config.image_size,
+        "latent_dim": config.latent_dim,
+        "filters": config.filters,
+        "hidden_units": config.hidden_units,
+        "dense_activation": config.dense_activation,
+        "conv_bias": config.conv_bias,
+        "num_classes": data.NUM_CLASSES if config.conditional else 0,
+    }
+
+
 def resolve_dtype_policy(config):
     """`config` with --dtype-policy auto replaced by the one that trains faster on this
     machine (a few seconds of timed steps, vae.fastest_dtype_policy); others unchanged."""
     if config.dtype_policy != "auto":
         return config
-    policy = fastest_dtype_policy(
-        config.image_size, config.latent_dim, config.filters, config.hidden_units, config.batch_size
-    )
+    policy = fastest_dtype_policy(config.batch_size, **architecture(config))
     return dataclasses.replace(config, dtype_policy=policy)
 
 
 def build_model(config):
     """The VAE that `config` describes, with every weight created, not compiled."""
     return build_vae(
-        image_size=config.image_size,
-        latent_dim=config.latent_dim,
-        filters=config.filters,
-        hidden_units=config.hidden_units,
+        **architecture(config),
         beta=config.beta,
         seed=config.seed,
-        num_classes=data.NUM_CLASSES if config.conditional else 0,
-        dense_activation=config.dense_activation,
-        conv_bias=config.conv_bias,
         dtype_policy=resolve_dtype_policy(config).dtype_policy,
     )
 
@@ -375,7 +362,8 @@ class TrainingDiverged(RunError):
 
 
 def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
-    """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to TensorBoard."""
+    """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to
+    TensorBoard."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
         callbacks = [LogKLWeight(), keras.callbacks.TerminateOnNaN()]
@@ -465,8 +453,9 @@ def train(config):
         training_seconds = time.perf_counter() - started
         if not all_finite({name: values[-1] for name, values in history.history.items()}):
             raise TrainingDiverged(
-                "training diverged (the loss became NaN or infinite) and was stopped; nothing was "
-                f"saved over earlier files. Try a smaller --learning-rate than {config.learning_rate}."
+                "training diverged (the loss became NaN or infinite) and was stopped; nothing "
+                "was saved over earlier files. Try a smaller --learning-rate than "
+                f"{config.learning_rate}."
             )
         if not placement.is_chief:
             print(f"{placement.worker} finished; the chief writes the models, metrics and plots.")
@@ -507,8 +496,8 @@ def evaluate_saved_model(config):
             if name in trained and trained[name] != getattr(config, name):
                 flag = "--" + name.replace("_", "-")
                 raise RunError(
-                    f"models/vae.keras in {config.output_dir} was trained with {flag} {trained[name]}; "
-                    f"add {flag} {trained[name]}"
+                    f"models/vae.keras in {config.output_dir} was trained with "
+                    f"{flag} {trained[name]}; add {flag} {trained[name]}"
                 )
         _, (test_images, test_labels) = load_images(config)
         report(
@@ -542,7 +531,8 @@ def report(vae, config, test_images, test_labels, run_name, training):
         f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
         f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
         f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']}); the data's floor "
-        f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions active"
+        f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of "
+        f"{len(metrics['kl_per_dimension'])} latent dimensions active"
     )
     record = {
         "run_name": run_name,

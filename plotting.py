@@ -200,7 +200,8 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
 
 
 def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
-    """Decodes along the straight line between the z_mean of two test images of different classes."""
+    """Decodes along the straight line between the z_mean of two test images of different
+    classes."""
     rng = np.random.default_rng(seed)
     chosen = []
     while len(chosen) < pairs:

@@ -42,7 +42,8 @@ def check_writable(output_dir):
     ):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise RunError(
-                f"{folder} is a file, but outputs go into a folder there; choose another --output-dir"
+                f"{folder} is a file, but outputs go into a folder there; "
+                "choose another --output-dir"
             )
         try:
             os.makedirs(folder, exist_ok=True)
@@ -65,7 +66,8 @@ def output_lock(output_dir):
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunError(
-                    f"another run is using {output_dir}; wait for it to finish or choose another --output-dir"
+                    f"another run is using {output_dir}; wait for it to finish or choose "
+                    "another --output-dir"
                 ) from None
         yield
 
@@ -163,7 +165,8 @@ def save_models(vae, models_dir):
 
 
 def load_model_file(path):
-    """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken file."""
+    """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken
+    file."""
     if not os.path.exists(path):
         raise RunError(f"{path}: no saved model there; train one first with python main.py")
     try:

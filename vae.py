@@ -3,7 +3,7 @@ and FusedAdam, the Adam it trains with.
 
 The encoder and decoder are plain Functional models of built-in layers, so their saved
 files load anywhere with nothing but `import keras`. Sampling and the loss live in the
-VAE, which needs this module (or `main`) imported to load.
+VAE, which needs this module imported to load (`import vae`).
 """
 
 import functools
@@ -20,14 +20,15 @@ BFLOAT16_SPEED_MARGIN = 0.9
 
 
 def build_encoder(
+    *,
     image_size,
     latent_dim,
     filters,
     hidden_units,
+    dense_activation,
+    conv_bias,
     num_classes=0,
-    dense_activation="gelu",
     dtype_policy=None,
-    conv_bias=False,
 ):
     """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then a dense layer.
 
@@ -37,9 +38,6 @@ def build_encoder(
     `conv_bias` gives the convolutions biases (the dense layers always have them).
     """
     hidden = {"dtype": dtype_policy}
-    # No biases in the convolutions by default: adding them and summing their gradients
-    # over every pixel cost about 7 % of a bfloat16 step, for no difference in quality
-    # that four held-out seeds could tell (docs/performance.md).
     conv = {"padding": "same", "activation": "relu", "use_bias": conv_bias, **hidden}
     inputs = [keras.Input(shape=(image_size, image_size, 1), name="image")]
     x = layers.Conv2D(filters, 3, strides=2, **conv)(inputs[0])
@@ -48,8 +46,8 @@ def build_encoder(
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
         x = layers.Concatenate(**hidden)([x, inputs[1]])
-    # gelu here, relu in the convolutions: in the dense layers gelu gained about 2.7 nats
-    # for 3 % more time, in the convolutions 0.4 more for a quarter more (docs/performance.md).
+    # A smooth activation next to z: the dense layers hold most of the mapping between
+    # image features and the few latent coordinates, and learn it faster than with relu.
     x = layers.Dense(hidden_units, activation=dense_activation, **hidden)(x)
     # float32 heads: the KL term and the sampling noise are sensitive to rounding.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
@@ -58,20 +56,21 @@ def build_encoder(
 
 
 def build_decoder(
+    *,
     image_size,
     latent_dim,
     filters,
     hidden_units,
+    dense_activation,
+    conv_bias,
     num_classes=0,
-    dense_activation="gelu",
     dtype_policy=None,
-    conv_bias=False,
 ):
     """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose.
 
-    With `num_classes` the model takes `[z, one_hot_label]`. `dtype_policy` and
-    `conv_bias` as in `build_encoder`, here for every layer up to the logits (which keep
-    their bias: one number); the probabilities are float32.
+    With `num_classes` the model takes `[z, one_hot_label]`. The other arguments as in
+    `build_encoder`, here for every layer up to the logits (which keep their bias: one
+    number); the probabilities are float32.
     """
     if image_size % 4:
         raise ValueError(
@@ -90,50 +89,41 @@ def build_decoder(
     x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, **conv)(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, **conv)(x)
-    # The loss reads these logits directly (stable cross-entropy); users get probabilities.
-    # In the hidden layers' dtype: in float32 this one-channel layer, which reads the
-    # 32-channel 32x32 activations, took 13 % of a bfloat16 step (docs/performance.md).
-    # The VAE casts the logits to float32 before the sigmoid and the loss.
+    # The loss reads these logits directly (a stable cross-entropy); users get probabilities.
+    # The logits compute in the hidden layers' dtype, as the layer reads the full-resolution
+    # activations; the VAE casts them to float32 before the sigmoid and the loss.
     logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits", **hidden)(x)
     image = layers.Activation("sigmoid", name="image", dtype="float32")(logits)
     return keras.Model(inputs if num_classes else inputs[0], image, name="decoder")
 
 
-def step_seconds(
-    dtype_policy,
-    image_size=32,
-    latent_dim=2,
-    filters=32,
-    hidden_units=512,
-    batch_size=256,
-    rounds=3,
-    steps=2,
-):
-    """Seconds per training step of a VAE of this shape in `dtype_policy` on this machine,
-    on blank images: the best of `rounds`."""
-    model = build_vae(
-        image_size, latent_dim, filters, hidden_units, seed=0, dtype_policy=dtype_policy
-    )
+def step_seconds(dtype_policy, batch_size, rounds=3, steps=2, **architecture):
+    """Seconds per training step of a VAE of this `architecture` (build_vae's arguments) in
+    `dtype_policy` on this machine, on blank images: the best of `rounds`."""
+    model = build_vae(**architecture, beta=1.0, seed=0, dtype_policy=dtype_policy)
     model.compile(optimizer=FusedAdam())
-    images = np.zeros((batch_size, image_size, image_size, 1), "float32")
-    model.train_on_batch(images)  # traces / compiles
+    size = architecture["image_size"]
+    images = np.zeros((batch_size, size, size, 1), "float32")
+    labels = np.zeros((batch_size, architecture.get("num_classes", 0)), "float32")
+    batch = (images, labels) if model.conditional else images
+    model.train_on_batch(batch)  # traces / compiles
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
         for _ in range(steps):
-            model.train_on_batch(images)  # returns numbers: the step has finished
+            model.train_on_batch(batch)  # returns numbers: the step has finished
         best = min(best, (time.perf_counter() - started) / steps)
     return best
 
 
 @functools.cache
-def fastest_dtype_policy(image_size=32, latent_dim=2, filters=32, hidden_units=512, batch_size=256):
-    """ "mixed_bfloat16" where this machine trains a VAE of this shape clearly faster in
-    bfloat16 (a CPU with AVX512-BF16 or AMX and kernels that use them, a recent GPU), else
-    "float32". Measured, not read off the CPU's flags: one CPU that reported AVX512-BF16
-    ran this model six times slower in bfloat16. A few seconds, once per process and shape."""
+def fastest_dtype_policy(batch_size, **architecture):
+    """ "mixed_bfloat16" where this machine trains a VAE of this `architecture` clearly faster
+    in bfloat16 (a CPU with AVX512-BF16 or AMX and kernels that use them, a recent GPU),
+    else "float32". Measured rather than read off the CPU's flags, because a CPU may report
+    bfloat16 instructions that the kernels do not use. Once per process and shape."""
     seconds = {
-        policy: step_seconds(policy, image_size, latent_dim, filters, hidden_units, batch_size)
+        policy: step_seconds(policy, batch_size, **architecture)
         for policy in ("float32", "mixed_bfloat16")
     }
     faster = seconds["mixed_bfloat16"] < BFLOAT16_SPEED_MARGIN * seconds["float32"]
@@ -291,10 +281,10 @@ class FusedAdam(keras.optimizers.Adam):
     """Keras' Adam, with each weight's update in one TensorFlow kernel on TensorFlow.
 
     Keras writes Adam's update as about ten element-wise operations, each a pass over the
-    weights; with the 4 million weights of the dense layers next to `z` that took a fifth
-    of a batch-32 training step on a 2-core CPU. TensorFlow's `ResourceApplyAdam` kernel
-    computes the same update (same formula, same epsilon) in one pass. Other backends, and
-    the cases that kernel does not cover (AMSGrad, sparse gradients), use Keras' own code.
+    weights, and the dense layers next to `z` hold millions of them. TensorFlow's
+    `ResourceApplyAdam` kernel computes the same update (same formula, same epsilon) in one
+    pass. Other backends, and the cases that kernel does not cover (AMSGrad, sparse
+    gradients), use Keras' own code.
     """
 
     def update_step(self, gradient, variable, learning_rate):
@@ -322,34 +312,13 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def build_vae(
-    image_size=32,
-    latent_dim=2,
-    filters=32,
-    hidden_units=512,
-    beta=1.0,
-    seed=None,
-    num_classes=0,
-    dense_activation="gelu",
-    dtype_policy=None,
-    conv_bias=False,
-):
-    """The VAE with its encoder and decoder, built so it can be saved and restored at once."""
-    arguments = (
-        image_size,
-        latent_dim,
-        filters,
-        hidden_units,
-        num_classes,
-        dense_activation,
-        dtype_policy,
-        conv_bias,
-    )
-    encoder = build_encoder(*arguments)
-    decoder = build_decoder(*arguments)
+def build_vae(*, beta, seed, dtype_policy=None, **architecture):
+    """The VAE with its encoder and decoder (build_encoder's keyword arguments), every weight
+    created at once, so that it can be saved and restored."""
+    encoder = build_encoder(**architecture, dtype_policy=dtype_policy)
+    decoder = build_decoder(**architecture, dtype_policy=dtype_policy)
     vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
-    images = keras.ops.zeros((1, image_size, image_size, 1))
-    vae(
-        (images, keras.ops.zeros((1, num_classes))) if num_classes else images
-    )  # create every weight now
+    size, num_classes = architecture["image_size"], architecture.get("num_classes", 0)
+    images = keras.ops.zeros((1, size, size, 1))
+    vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)
     return vae

@@ -30,24 +30,56 @@ def fashion_mnist_dir():
     return _data_dir("fashion_mnist")
 
 
+# A few-second run on a small real subset, in float32 on every machine (the default, auto,
+# would time both dtypes first and could choose either).
+QUICK = dict(
+    limit=512,
+    epochs=1,
+    batch_size=64,
+    filters=8,
+    hidden_units=32,
+    iw_samples=4,
+    dtype_policy="float32",
+)
+
+
+def quick_settings(output_dir, data_dir, **overrides):
+    """QUICK with the folders and `overrides`: Config's keyword arguments."""
+    return {"data_dir": data_dir, "output_dir": str(output_dir), **QUICK, **overrides}
+
+
 def quick_config(output_dir, data_dir, **overrides):
-    """A few-second run on a small real subset, in float32 on every machine (the default,
-    auto, would time both dtypes first and could choose either)."""
+    """The Config of a quick run."""
     import main
 
-    settings = dict(
-        data_dir=data_dir,
-        output_dir=str(output_dir),
-        limit=512,
-        epochs=1,
-        batch_size=64,
-        filters=8,
-        hidden_units=32,
-        iw_samples=4,
-        dtype_policy="float32",
-    )
+    return main.Config(**quick_settings(output_dir, data_dir, **overrides))
+
+
+def quick_arguments(output_dir, data_dir, **overrides):
+    """The same quick run as `python main.py` arguments."""
+    arguments = []
+    for name, value in quick_settings(output_dir, data_dir, **overrides).items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            arguments.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            arguments += [f"--{flag}", str(value)]
+    return arguments
+
+
+def quick_code(output_dir, data_dir, **overrides):
+    """The same quick run as `main.Config(...)` source code, for a fresh interpreter."""
+    settings = quick_settings(output_dir, data_dir, **overrides)
+    return "main.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings.items()) + ")"
+
+
+def small_vae(**overrides):
+    """A tiny VAE in float32, built as main.py builds one (seed 0 unless overridden)."""
+    import main
+
+    settings = dict(filters=4, hidden_units=8, seed=0, dtype_policy="float32")
     settings.update(overrides)
-    return main.Config(**settings)
+    return main.build_model(main.Config(**settings))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main, run_python
+from conftest import REPO, quick_arguments, run_main, run_python
 
 BACKENDS = [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
 
@@ -21,26 +21,7 @@ def runs(mnist_dir, tmp_path_factory):
     for backend in BACKENDS:
         folder = tmp_path_factory.mktemp(backend)
         result = run_main(
-            [
-                "--data-dir",
-                mnist_dir,
-                "--output-dir",
-                str(folder),
-                "--limit",
-                "512",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "64",
-                "--filters",
-                "8",
-                "--hidden-units",
-                "32",
-                "--iw-samples",
-                "4",
-                "--dtype-policy",
-                "float32",
-            ],
+            quick_arguments(folder, mnist_dir),
             env={"KERAS_BACKEND": backend},
             timeout=300,
         )
@@ -80,7 +61,7 @@ LOAD_EVERYTHING = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import keras, numpy as np
-import main  # registers the VAE's classes
+import vae  # registers the VAE's classes
 images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
 z = np.random.default_rng(1).standard_normal((4, 2)).astype(np.float32)
 result = {{}}

@@ -73,7 +73,8 @@ ONEDNN_STATE = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import main
-from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer: are its oneDNN kernels on?
+# TensorFlow's own answer: are its oneDNN kernels on?
+from tensorflow.python.util import _pywrap_util_port
 print(json.dumps(_pywrap_util_port.IsMklEnabled()))
 """
 

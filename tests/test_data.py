@@ -112,7 +112,7 @@ def test_mismatched_counts_are_named(tmp_path):
     write_idx(tmp_path / data.IDX_FILES["train_labels"], np.zeros(11), LABELS_MAGIC)
     with pytest.raises(
         DataError,
-        match=r"train-labels-idx1-ubyte.gz: 11 labels but .*train-images-idx3-ubyte.gz holds 12 images",
+        match=r"train-labels-idx1-ubyte.gz: 11 labels but .*train-images-idx3-ubyte.gz holds 12",
     ):
         data.load_dataset("mnist", str(tmp_path))
 

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, run_main, run_python, wait_for_first_epoch
+from conftest import QUICK, REPO, SHARED_DATA, run_main, run_python, wait_for_first_epoch
 
-SMALL_RUN = "limit=512, epochs=1, batch_size=64, filters=8, hidden_units=32, iw_samples=4"
+SMALL_RUN = ", ".join(f"{name}={value!r}" for name, value in QUICK.items())
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ images = data.prepare_images(data.load_dataset("mnist", {mnist_dir!r}, 512)[0][0
 def one_sgd_step(placement):
     keras.utils.set_random_seed(0)
     with placement.scope():
-        model = vae.build_vae(filters=8, hidden_units=32, seed=0)
+        config = main.Config(filters=8, hidden_units=32, seed=0, dtype_policy="float32")
+        model = main.build_model(config)
         model.compile(optimizer=keras.optimizers.SGD(1e-4))
     before = model.get_weights()
     loss = model.fit(images, batch_size=256, epochs=1, verbose=0).history["loss"][0]
@@ -47,7 +48,8 @@ for mode in ("none", "mirrored"):
     placement = distribution.place(mode)
     loss, update = one_sgd_step(placement)
     np.save(f"{folder}/update-{{mode}}.npy", update)
-    config = main.Config(data_dir={mnist_dir!r}, output_dir=f"{folder}/{{mode}}", distribute=mode, {SMALL_RUN})
+    config = main.Config(data_dir={mnist_dir!r}, output_dir=f"{folder}/{{mode}}", distribute=mode,
+                         {SMALL_RUN})
     _, history = main.train(config)
     result[mode] = {{"replicas": placement.replicas, "step_loss": loss, "history": history.history}}
 print(json.dumps(result))
@@ -93,7 +95,8 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import numpy as np
 import main
-config = main.Config(data_dir={data_dir!r}, output_dir={output_dir!r}, distribute="multi-worker", {settings})
+config = main.Config(data_dir={data_dir!r}, output_dir={output_dir!r}, distribute="multi-worker",
+                     {settings})
 vae, history = main.train(config)
 np.savez({weights!r}, *vae.get_weights())
 print(json.dumps({{"history": history.history, "epochs": history.epoch,
@@ -188,8 +191,8 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     output_dir = tmp_path / "shared"
     limit, batch_size = 6000, 64
     settings = (
-        f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, iw_samples=2, "
-        "plots=False, image_every=0"
+        f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, "
+        "iw_samples=2, plots=False, image_every=0"
     )
     workers = start_workers(tmp_path, [output_dir, output_dir], settings)
     wait_for_first_epoch(workers, output_dir)
@@ -248,14 +251,15 @@ sys.path.insert(0, {str(REPO)!r})
 import jax, keras, main
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
-    config = main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode, distribute=mode, {SMALL_RUN},
-                         plots=False, image_every=0)  # JAX compiles every new shape: pictures cost most of the time
+    # JAX compiles every new shape: pictures would cost most of the time.
+    config = main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode,
+                         distribute=mode, {SMALL_RUN}, plots=False, image_every=0)
     _, history = main.train(config)
     result[mode] = history.history
 result["distribution"] = type(keras.distribution.distribution()).__name__
 try:
-    main.train(main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd", distribute="mirrored",
-                           batch_size=63))
+    main.train(main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd",
+                           distribute="mirrored", batch_size=63))
 except main.distribution.DistributionError as error:
     result["odd_batch"] = str(error)
 print(json.dumps(result))

@@ -9,7 +9,7 @@ import pytest
 
 import evaluation
 import main
-import vae as vae_module
+from conftest import small_vae
 
 
 def bar_images(count, seed):
@@ -22,7 +22,7 @@ def bar_images(count, seed):
 
 def test_importance_weighted_nll_tightens_with_more_samples():
     keras.utils.set_random_seed(1)  # a fixed start: a tiny model can also collapse to a constant
-    model = vae_module.build_vae(latent_dim=2, filters=8, hidden_units=32, seed=1)
+    model = small_vae(filters=8, hidden_units=32, seed=1)
     model.compile(optimizer="adam")
     model.fit(bar_images(512, seed=0), batch_size=32, epochs=5, verbose=0)
     images = bar_images(64, seed=1)

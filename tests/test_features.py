@@ -176,7 +176,8 @@ def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, 
         f"""
 import json, keras, numpy as np
 encoder = keras.saving.load_model({str(tmp_path / "models" / "encoder.keras")!r})
-z_mean, _ = encoder.predict(np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32), verbose=0)
+images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+z_mean, _ = encoder.predict(images, verbose=0)
 print(json.dumps({{"z_mean": z_mean.tolist(), "dtype": encoder.layers[1].compute_dtype}}))
 """,
         cwd=tmp_path,
@@ -194,7 +195,7 @@ def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(
     import vae
 
     timings = {"float32": 1.0, "mixed_bfloat16": bfloat16_seconds}
-    monkeypatch.setattr(vae, "step_seconds", lambda policy, *shape: timings[policy])
+    monkeypatch.setattr(vae, "step_seconds", lambda policy, *args, **kwargs: timings[policy])
     vae.fastest_dtype_policy.cache_clear()
     try:
         config = main.resolve_dtype_policy(main.Config(dtype_policy="auto"))

@@ -1,4 +1,5 @@
-"""Beyond two dimensions: the data's floor, active units, traversals, the HParams table and the MLP anchor."""
+"""Beyond two dimensions: the data's floor, active units, traversals, the HParams table and
+the MLP anchor."""
 
 import json
 import math
@@ -12,7 +13,7 @@ import evaluation
 import main
 import vae as vae_module
 from benchmarks import latent_sizes
-from conftest import quick_config
+from conftest import quick_arguments, quick_config
 
 
 def test_entropy_floor_of_a_hand_made_array():
@@ -61,32 +62,8 @@ def two_runs(tmp_path_factory, mnist_dir):
     main.train(
         quick_config(output_dir, mnist_dir, run_name="first", limit=256, plots=False, image_every=0)
     )
-    main.main(
-        [
-            "--latent-dim",
-            "4",
-            "--run-name",
-            "second",
-            "--data-dir",
-            mnist_dir,
-            "--output-dir",
-            str(output_dir),
-            "--limit",
-            "256",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--filters",
-            "8",
-            "--hidden-units",
-            "32",
-            "--iw-samples",
-            "4",
-            "--image-every",
-            "0",
-        ]
-    )
+    second = dict(latent_dim=4, run_name="second", limit=256, image_every=0)
+    main.main(quick_arguments(output_dir, mnist_dir, **second))
     return output_dir
 
 

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import vae as vae_module
+from conftest import small_vae
 
 
 @pytest.mark.parametrize("latent_dim", [2, 8])
 def test_encoder_and_decoder_shapes(latent_dim):
-    model = vae_module.build_vae(image_size=32, latent_dim=latent_dim, filters=8, hidden_units=16)
+    model = small_vae(latent_dim=latent_dim, filters=8, hidden_units=16)
     images = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
     z_mean, z_log_var = model.encoder.predict(images, verbose=0)
     assert z_mean.shape == z_log_var.shape == (3, latent_dim)
@@ -19,10 +20,10 @@ def test_encoder_and_decoder_shapes(latent_dim):
 
 
 def test_shapes_follow_the_image_size():
-    model = vae_module.build_vae(image_size=40, latent_dim=3, filters=4, hidden_units=8)
+    model = small_vae(image_size=40, latent_dim=3)
     assert model.decoder.output.shape == (None, 40, 40, 1)
     with pytest.raises(ValueError, match="divisible by 4"):
-        vae_module.build_vae(image_size=30)
+        small_vae(image_size=30)
 
 
 def test_convolutions_have_biases_only_with_conv_bias(tmp_path):
@@ -33,11 +34,11 @@ def test_convolutions_have_biases_only_with_conv_bias(tmp_path):
             if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
         ]
 
-    lean = vae_module.build_vae(filters=4, hidden_units=8, seed=0)
+    lean = small_vae()
     # Two convolutions, two transposed ones without biases; the logits layer keeps its own.
     assert biased(lean) == [(False, False)] * 4 + [(True, True)]
     # --conv-bias: the earlier architecture, 2 * (4 + 8) biases more; its files still load.
-    with_bias = vae_module.build_vae(filters=4, hidden_units=8, seed=0, conv_bias=True)
+    with_bias = small_vae(conv_bias=True)
     assert biased(with_bias) == [(False, True)] * 4 + [(True, True)]
     assert with_bias.count_params() == lean.count_params() + 2 * (4 + 8)
     with_bias.encoder.save(tmp_path / "encoder.keras")
@@ -66,7 +67,7 @@ def test_sampling_draws_from_the_given_gaussian():
 
 
 def test_loss_is_summed_bce_plus_kl_per_image():
-    model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
+    model = small_vae()
     rng = np.random.default_rng(1)
     images = (rng.random((4, 32, 32, 1)) > 0.7).astype(np.float32)
     outputs = {key: keras.ops.convert_to_numpy(value) for key, value in model(images).items()}
@@ -84,7 +85,7 @@ def test_loss_is_summed_bce_plus_kl_per_image():
 
 
 def test_fit_reports_loss_and_its_parts():
-    model = vae_module.build_vae(latent_dim=2, filters=4, hidden_units=8, seed=0)
+    model = small_vae()
     model.compile(optimizer="adam")
     images = np.random.default_rng(2).random((64, 32, 32, 1), dtype=np.float32)
     history = model.fit(
@@ -108,9 +109,7 @@ def test_fused_adam_trains_exactly_as_keras_adam():
         keras.utils.set_random_seed(0)  # the same initial weights for both
         # With conv biases: without them this tiny model turns the two optimizers' rounding
         # differences (1e-7 after one step) into 1e-3 within a few steps.
-        model = vae_module.build_vae(
-            latent_dim=2, filters=4, hidden_units=8, seed=0, conv_bias=True
-        )
+        model = small_vae(conv_bias=True)
         initial = [keras.ops.convert_to_numpy(weight) for weight in model.trainable_weights]
         schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=6)
         model.compile(optimizer=optimizer_class(schedule))

@@ -16,33 +16,13 @@ import pytest
 import main
 import run_folder
 from callbacks import StopOnCtrlC
-from conftest import REPO, quick_config, wait_for_first_epoch
+from conftest import REPO, quick_arguments, quick_config, wait_for_first_epoch
 
 
-def command(output_dir, data_dir, *extra):
+def command(output_dir, data_dir):
     """A run long enough to be interrupted mid-epoch (a few seconds per epoch)."""
-    return [
-        sys.executable,
-        "main.py",
-        "--data-dir",
-        data_dir,
-        "--output-dir",
-        str(output_dir),
-        "--limit",
-        "6000",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "64",
-        "--filters",
-        "8",
-        "--hidden-units",
-        "32",
-        "--iw-samples",
-        "2",
-        "--no-plots",
-        *extra,
-    ]
+    settings = dict(limit=6000, epochs=3, iw_samples=2, plots=False)
+    return [sys.executable, "main.py", *quick_arguments(output_dir, data_dir, **settings)]
 
 
 def start_and_wait_for_first_epoch(arguments):
@@ -117,7 +97,8 @@ def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
 
 
 class SwallowCtrlC(keras.callbacks.Callback):
-    """Ctrl-C pressed at the second batch, inside code with a bare `except:`, as Keras' saving has."""
+    """Ctrl-C pressed at the second batch, inside code with a bare `except:`, as Keras' saving
+    has."""
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 1:
@@ -130,7 +111,8 @@ class SwallowCtrlC(keras.callbacks.Callback):
 
 @pytest.fixture
 def ctrl_c_as_in_a_terminal():
-    """Python's own SIGINT handler, even when the suite runs in a background job (SIGINT ignored)."""
+    """Python's own SIGINT handler, even when the suite runs in a background job (SIGINT
+    ignored)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
@@ -191,24 +173,7 @@ def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir
             "models/decoder.keras",
         )
     }
-    arguments = [
-        "--data-dir",
-        mnist_dir,
-        "--output-dir",
-        str(tmp_path),
-        "--limit",
-        "512",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--filters",
-        "8",
-        "--hidden-units",
-        "32",
-        "--learning-rate",
-        "1e4",
-    ]
+    arguments = quick_arguments(tmp_path, mnist_dir, learning_rate=1e4)
     with pytest.raises(SystemExit) as exit_info:
         main.main(arguments)
     assert "training diverged" in str(exit_info.value.code) and "--learning-rate" in str(

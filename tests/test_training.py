@@ -53,7 +53,8 @@ import json, keras, numpy as np
 encoder = keras.saving.load_model({str(output_dir / "models" / "encoder.keras")!r})
 decoder = keras.saving.load_model({str(output_dir / "models" / "decoder.keras")!r})
 z_mean, z_log_var = encoder.predict(np.load('images.npy'), verbose=0)
-print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoder.predict(z_mean, verbose=0).tolist()}}))
+decoded = decoder.predict(z_mean, verbose=0)
+print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
 """,
         cwd=tmp_path,
     )
@@ -61,22 +62,24 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoder.predict(z_mean,
     np.testing.assert_allclose(reloaded["decoded"], decoded, rtol=1e-5, atol=1e-6)
 
 
-def test_vae_and_checkpoint_reload_after_import_main(trained_run, tmp_path):
-    output_dir, vae, _ = trained_run
+def test_vae_and_checkpoint_reload_after_import_vae(trained_run, tmp_path):
+    """The whole VAE needs its classes: `import vae` registers them (nothing runs on import)."""
+    output_dir, model, _ = trained_run
     images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
     np.save(tmp_path / "images.npy", images)
-    z_mean, _ = vae.encoder.predict(images, verbose=0)
+    z_mean, _ = model.encoder.predict(images, verbose=0)
     reloaded = run_python(
         f"""
 import json, sys, keras, numpy as np
 sys.path.insert(0, {str(REPO)!r})
-import main
+import vae
 images = np.load('images.npy')
 result = {{}}
 for name in ('models/vae.keras', 'checkpoint.keras'):
-    vae = keras.saving.load_model({str(output_dir)!r} + '/' + name)
-    assert isinstance(vae, main.VAE), type(vae)
-    result[name] = vae.encoder.predict(images, verbose=0)[0].tolist()
+    model = keras.saving.load_model({str(output_dir)!r} + '/' + name)
+    assert isinstance(model, vae.VAE), type(model)
+    assert "main" not in sys.modules  # the model module alone is enough
+    result[name] = model.encoder.predict(images, verbose=0)[0].tolist()
 print(json.dumps(result))
 """,
         cwd=tmp_path,
