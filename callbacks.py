@@ -6,20 +6,28 @@ any epoch whose loss is NaN or infinite, so a diverging run never overwrites goo
 """
 
 import contextlib
+import json
 import math
 import os
 import signal
 import threading
+import time
 
 import keras
 import numpy as np
 
 import plotting
-from run_folder import partial_model_path
+from run_folder import (
+    PROGRESS_FILE,
+    model_file_bytes,
+    partial_model_path,
+    saving,
+    write_atomically,
+)
 
-# ---------------------------------------------------------------------------------------
-# Checkpoint and backup: never from a diverging epoch, never half-written
-# ---------------------------------------------------------------------------------------
+"""
+## Checkpoint and backup: never from a diverging epoch, never half-written
+"""
 
 
 def all_finite(logs):
@@ -31,7 +39,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras' ModelCheckpoint, but the file is replaced only by a complete new file.
 
     Keras writes to a temporary name beside the target, which is then renamed over it:
-    a crash mid-save leaves the previous checkpoint intact.
+    a crash mid-save leaves the previous checkpoint intact. A resumed run passes the best
+    val_loss so far as `initial_value_threshold`, so the checkpoint stays the best epoch of
+    the whole run, not of the part since the resume.
     """
 
     def __init__(self, filepath, **kwargs):
@@ -43,65 +53,192 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             os.remove(self.filepath)  # a leftover from a crash is not this epoch's save
         if not all_finite(logs):
             return  # weights from a diverging epoch never replace a checkpoint
-        super().on_epoch_end(epoch, logs)
-        if os.path.exists(self.filepath):
-            os.replace(self.filepath, self.final_path)
+        with saving(self.final_path, model_file_bytes(self.model, self.final_path), self.filepath):
+            super().on_epoch_end(epoch, logs)
+            if os.path.exists(self.filepath):
+                os.replace(self.filepath, self.final_path)
 
 
 class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN.
+    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN, and
+    keeps the run's record beside the weights (backup/progress.json: epochs, training
+    seconds, best val_loss), so that a resumed run's checkpoint and metrics.json go on from
+    where it stopped.
 
+    The backup is not deleted when training ends: main.py removes it once the models,
+    metrics and plots are written, so an interruption at any point resumes.
     With write=False (multi-worker, every worker but the chief) it only restores the
     chief's backup at the start, so that all workers resume from the same epoch.
     """
 
-    def __init__(self, backup_dir, write=True, **kwargs):
-        super().__init__(backup_dir, delete_checkpoint=write, **kwargs)
+    def __init__(self, backup_dir, write=True, progress=None, **kwargs):
+        super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
         self.write = write
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.write and all_finite(logs):
-            super().on_epoch_end(epoch, logs)
-
-
-class StopOnCtrlC(keras.callbacks.Callback):
-    """Ctrl-C stops training even when it lands inside code that catches every exception.
-
-    Python raises KeyboardInterrupt wherever the program is when Ctrl-C arrives. Keras'
-    model saving has a bare `except:` around its temporary file, so a press during the
-    epoch's checkpoint save was swallowed and the run went on to the end. While training,
-    the SIGINT handler also remembers the press, and the next batch raises it again.
-    Under nohup (SIGINT ignored) or off the main thread, nothing changes.
-    """
+        self.progress = dict(progress or {})
 
     def on_train_begin(self, logs=None):
-        self.pressed, self.previous_handler = False, None
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self.previous_handler = signal.signal(signal.SIGINT, self.press)
+        super().on_train_begin(logs)
+        self.epoch_started = time.perf_counter()
 
-    def press(self, signum, frame):
-        self.pressed = True
-        signal.signal(signal.SIGINT, self.previous_handler)  # a second press acts at once, as usual
-        raise KeyboardInterrupt
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if not (self.write and all_finite(logs)):
+            return
+        val_loss = (logs or {}).get("val_loss", math.inf)
+        self.progress = {
+            "epochs_trained": epoch + 1,
+            "training_seconds": self.progress.get("training_seconds", 0.0)
+            + now
+            - self.epoch_started,
+            "best_val_loss": min(val_loss, self.progress.get("best_val_loss", math.inf)),
+        }
+        with saving(self._weights_path, model_file_bytes(self.model, self._weights_path)):
+            super().on_epoch_end(epoch, logs)
+        write_atomically(
+            os.path.join(self.backup_dir, PROGRESS_FILE), json.dumps(self.progress, indent=2)
+        )
+        self.epoch_started = time.perf_counter()
 
-    def raise_if_pressed(self, *args, **kwargs):
-        if self.pressed:
-            raise KeyboardInterrupt
 
-    on_train_batch_end = on_test_batch_end = on_epoch_end = raise_if_pressed
+"""
+## Stopping: Ctrl-C and SIGTERM stop at once, and are never lost
+"""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, SLURM, Kubernetes) asked the run to stop: handled as Ctrl-C.
+
+    A KeyboardInterrupt, so that code which catches every Exception lets it through too."""
+
+
+def raise_terminated(signum, frame):
+    """main.py's SIGTERM handler: stop where the program is, as Ctrl-C does."""
+    raise Terminated
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C and SIGTERM stop training even when they land inside code that catches
+    every exception.
+
+    Python raises the signal's exception wherever the program is when it arrives. Keras'
+    model saving has a bare `except:` around its temporary file, so a press during the
+    epoch's checkpoint save would be swallowed and the run go on to the end. While training,
+    the handler also remembers the signal, and the next batch raises it again. Only the
+    handlers this program expects are wrapped: Python's own for SIGINT (not under nohup,
+    not a notebook's), main.py's `raise_terminated` for SIGTERM; off the main thread,
+    nothing changes.
+    """
+
+    EXPECTED = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_terminated}
+
+    def on_train_begin(self, logs=None):
+        self.received, self.previous_handlers = None, {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number, expected in self.EXPECTED.items():
+            if signal.getsignal(number) is expected:
+                self.previous_handlers[number] = signal.signal(number, self.receive)
+
+    def receive(self, signum, frame):
+        self.received = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        # A second signal acts at once, as usual.
+        signal.signal(signum, self.previous_handlers[signum])
+        raise self.received
+
+    def raise_if_received(self, *args, **kwargs):
+        if self.received:
+            raise self.received
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = raise_if_received
 
     def on_train_end(self, logs=None):
-        if self.previous_handler is not None:
-            signal.signal(signal.SIGINT, self.previous_handler)
-        self.raise_if_pressed()
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+        self.raise_if_received()
 
 
-# ---------------------------------------------------------------------------------------
-# What the run learns and shows: the KL weight, pictures in TensorBoard
-# ---------------------------------------------------------------------------------------
+"""
+## What the run learns and shows: time, the KL weight, pictures in TensorBoard
+"""
+
+
+def duration(seconds):
+    """'45 s', '6 min 5 s', '10 min' or '1 h 3 min': how long, to the precision that matters."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class TimeEstimate(keras.callbacks.Callback):
+    """After the first training steps, one line: how long the whole run will take on this
+    machine (the epochs left with their validation, then the test-set evaluation) and how
+    many --epochs fit in `budget_seconds`.
+
+    The steps after the first `skipped` (which trace the graph) are timed; validation and
+    the evaluation are priced from the same seconds per image by their share of a training
+    step's FLOPs (a training step costs about three forward passes, evaluation_flops is
+    what evaluation.py's passes cost per test image).
+    """
+
+    def __init__(
+        self,
+        epochs,
+        steps_per_epoch,
+        batch_size,
+        test_images,
+        evaluation_flops,
+        training_flops,
+        budget_seconds=600,
+        skipped=3,
+        timed=20,
+    ):
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
+        self.test_images, self.budget_seconds = test_images, budget_seconds
+        self.evaluation_flops, self.training_flops = evaluation_flops, training_flops
+        self.skipped, self.timed = skipped, min(timed, steps_per_epoch - skipped - 1)
+        self.line = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_epoch = epoch
+        self.started = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.line is not None or self.timed < 1:
+            return
+        if batch == self.skipped - 1:
+            self.started = time.perf_counter()
+        elif batch == self.skipped - 1 + self.timed and self.started is not None:
+            step = (time.perf_counter() - self.started) / self.timed
+            self.line = self.describe(step / self.batch_size)
+            print("\n" + self.line, flush=True)
+
+    def describe(self, seconds_per_image):
+        """The estimate for training at `seconds_per_image` (a training image)."""
+        forward = seconds_per_image / 3  # forward pass only, as validation does
+        epoch = seconds_per_image * self.steps_per_epoch * self.batch_size
+        epoch += forward * self.test_images  # validation
+        evaluation = (
+            seconds_per_image * self.test_images * self.evaluation_flops / self.training_flops
+        )
+        epochs_left = self.epochs - self.first_epoch
+        total = epochs_left * epoch + evaluation
+        fitting = int((self.budget_seconds - evaluation) // epoch) + self.first_epoch
+        budget = duration(self.budget_seconds)
+        if fitting >= self.epochs:
+            advice = f"--epochs {self.epochs} fits in {budget} here"
+        elif fitting > self.first_epoch:
+            advice = f"--epochs {fitting} would fit in {budget} here"
+        else:
+            advice = f"not even one more epoch fits in {budget} here"
+        return (
+            f"Estimated time on this machine: {duration(total)} (training {epochs_left} epochs "
+            f"of {duration(epoch)}, then the evaluation {duration(evaluation)}); {advice}."
+        )
 
 
 class LogKLWeight(keras.callbacks.Callback):

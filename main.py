@@ -39,8 +39,8 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
-import time
 from dataclasses import dataclass, field
 
 # TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs, although they
@@ -60,18 +60,24 @@ from callbacks import (
     AtomicModelCheckpoint,
     FiniteBackupAndRestore,
     LogKLWeight,
-    StopOnCtrlC,
+    StopOnSignal,
     TensorBoardImages,
+    Terminated,
+    TimeEstimate,
     all_finite,
+    raise_terminated,
 )
 from data import DataError
+from flops import forward_flops, vae_flops
 from run_folder import (
     RunError,
     check_writable,
+    finish_run,
     load_model_file,
     output_lock,
     prepare_run,
     read_metrics,
+    read_progress,
     save_models,
     write_atomically,
 )
@@ -258,6 +264,16 @@ def parse_args(argv=None):
             )
     arguments = parser.parse_args(argv)
     config = Config(**vars(arguments))
+    if config.limit is not None and config.limit < 6:
+        parser.error(
+            f"--limit keeps N training and N // 6 test images: use 6 or more, not {config.limit}"
+        )
+    if config.plot_class is not None and not config.evaluate_only:
+        # --evaluate-only checks it against the saved model, which says what it is.
+        if not config.conditional:
+            parser.error("--plot-class draws one class of a conditional VAE: add --conditional")
+        if config.latent_dim != 2:
+            parser.error("--plot-class draws a class's 2-D manifold: it needs --latent-dim 2")
     if config.image_size % 4 or config.image_size < data.ORIGINAL_SIZE:
         parser.error(
             f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, "
@@ -361,9 +377,11 @@ class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
 
 
-def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
+def make_callbacks(
+    config, run_name, vae, train_count, test_images, test_labels, progress, is_chief=True
+):
     """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to
-    TensorBoard."""
+    TensorBoard. `progress` is the record of the epochs a resumed run has already done."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
         callbacks = [LogKLWeight(), keras.callbacks.TerminateOnNaN()]
@@ -371,18 +389,27 @@ def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
             callbacks.append(FiniteBackupAndRestore(backup_dir, write=False))
         return callbacks
     log_dir = os.path.join(config.output_dir, "logs", run_name)
+    checkpoint = os.path.join(config.output_dir, "checkpoint.keras")
+    # A resumed run's checkpoint must beat the best epoch before the interruption.
+    best = progress.get("best_val_loss") if os.path.exists(checkpoint) else None
     callbacks = [
         LogKLWeight(),  # first: the others see kl_weight in the logs
         keras.callbacks.TerminateOnNaN(),
-        StopOnCtrlC(),
+        StopOnSignal(),
         AtomicModelCheckpoint(
-            os.path.join(config.output_dir, "checkpoint.keras"),
-            monitor="val_loss",
-            save_best_only=True,
+            checkpoint, monitor="val_loss", save_best_only=True, initial_value_threshold=best
         ),
         keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
         # Double checkpoint: if a kill lands mid-write, the previous epoch's backup is used.
-        FiniteBackupAndRestore(backup_dir, double_checkpoint=True),
+        FiniteBackupAndRestore(backup_dir, double_checkpoint=True, progress=progress),
+        TimeEstimate(
+            config.epochs,
+            math.ceil(train_count / config.batch_size),
+            config.batch_size,
+            len(test_images),
+            evaluation_flops(vae, config.iw_samples),
+            vae_flops(vae)[1],
+        ),
     ]
     if config.image_every:
         shown = slice(0, 2000)  # enough points for the scatter, quick to encode every epoch
@@ -397,6 +424,11 @@ def make_callbacks(config, run_name, test_images, test_labels, is_chief=True):
             )
         )
     return callbacks
+
+
+def evaluation_flops(vae, samples):
+    """FLOPs of evaluation.py per test image: the encoder once, the decoder `samples` times."""
+    return forward_flops(vae.encoder)[0] + samples * forward_flops(vae.decoder)[0]
 
 
 def train(config):
@@ -433,6 +465,7 @@ def train(config):
         with placement.scope():  # the model, its optimizer and metrics live on every replica
             vae = placement.prepare(make_model(config, train_count))
         run_name, resumed = prepare_run(config, write=placement.is_chief)
+        progress = read_progress(config.output_dir) if resumed else {}
         log_dir = os.path.join(config.output_dir, "logs")
         print(
             f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()} in "
@@ -440,36 +473,44 @@ def train(config):
             f"{train_count} training and {test_count} test images. "
             f"Watch it with: tensorboard --logdir {log_dir}"
         )
-        started = time.perf_counter()
+        callbacks = make_callbacks(
+            config,
+            run_name,
+            vae,
+            train_count,
+            test_images,
+            test_labels,
+            progress,
+            placement.is_chief,
+        )
         history = vae.fit(
             train_dataset,
             validation_data=test_dataset,
             epochs=config.epochs,
-            callbacks=make_callbacks(
-                config, run_name, test_images, test_labels, placement.is_chief
-            ),
+            callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         )
-        training_seconds = time.perf_counter() - started
         if not all_finite({name: values[-1] for name, values in history.history.items()}):
             raise TrainingDiverged(
                 "training diverged (the loss became NaN or infinite) and was stopped; nothing "
-                "was saved over earlier files. Try a smaller --learning-rate than "
-                f"{config.learning_rate}."
+                "was saved over earlier files. Run again with a smaller --learning-rate than "
+                f"{config.learning_rate} and --fresh."
             )
         if not placement.is_chief:
             print(f"{placement.worker} finished; the chief writes the models, metrics and plots.")
             return vae, history
-        models_dir = os.path.join(config.output_dir, "models")
-        save_models(vae, models_dir)
+        save_models(vae, os.path.join(config.output_dir, "models"))
         trained = one_device_copy(vae, config, placement) if placement.mode != "none" else vae
+        # The whole run's epochs and seconds, over every resume.
+        progress = read_progress(config.output_dir)
         training = {
-            "training_seconds": round(training_seconds, 1),
-            "epochs_trained": len(history.epoch),
+            "training_seconds": round(progress.get("training_seconds", 0.0), 1),
+            "epochs_trained": progress.get("epochs_trained", 0),
         }
         report(trained, config, test_images, test_labels, run_name, training)
         if config.plots:
             draw_plots(trained, config, test_images, test_labels)
+        finish_run(config.output_dir)  # only now: an interruption before this resumes
     return vae, history
 
 
@@ -485,20 +526,29 @@ def one_device_copy(vae, config, placement):
 def evaluate_saved_model(config):
     """--evaluate-only: evaluate and plot models/vae.keras without training.
 
-    The model file says whether it is conditional; `--dataset` must name the data it learned.
+    The record keeps the settings the model was trained with; the command line's
+    --iw-samples, --seed, --limit and --data-dir steer this evaluation and are recorded as
+    its own. The model file says whether it is conditional and its latent size;
+    `--dataset` must name the data it learned.
     """
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))
         previous = read_metrics(config.output_dir)
-        trained = previous.get("config", {})
+        # Without a record (deleted, or from another program), what the model itself says.
+        trained = previous.get("config") or {"dataset": config.dataset, **model_shape(vae)}
         for name in ("dataset", "image_size"):  # evaluating on other data would mislead silently
-            if name in trained and trained[name] != getattr(config, name):
+            if trained[name] != getattr(config, name):
                 flag = "--" + name.replace("_", "-")
                 raise RunError(
                     f"models/vae.keras in {config.output_dir} was trained with "
                     f"{flag} {trained[name]}; add {flag} {trained[name]}"
                 )
+        if config.plot_class is not None and not (vae.conditional and latent_size(vae) == 2):
+            raise RunError(
+                "--plot-class draws one class's 2-D manifold, and models/vae.keras in "
+                f"{config.output_dir} is not a conditional VAE of latent size 2: leave it out"
+            )
         _, (test_images, test_labels) = load_images(config)
         report(
             vae,
@@ -507,10 +557,24 @@ def evaluate_saved_model(config):
             test_labels,
             previous.get("run_name", "evaluation"),
             previous.get("training", {}),
+            trained,
         )
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae
+
+
+def latent_size(vae):
+    return vae.decoder.inputs[0].shape[-1]
+
+
+def model_shape(vae):
+    """The settings a saved VAE says itself: latent size, conditional, image size."""
+    return {
+        "latent_dim": latent_size(vae),
+        "conditional": vae.conditional,
+        "image_size": vae.encoder.inputs[0].shape[1],
+    }
 
 
 """
@@ -520,9 +584,14 @@ The test negative ELBO and importance-weighted NLL of evaluation.py: printed, wr
 to models/metrics.json and logged to TensorBoard.
 """
 
+# Settings that steer an evaluation, not the model: recorded as the evaluation's own.
+EVALUATION_SETTINGS = ("iw_samples", "seed", "limit", "data_dir")
 
-def report(vae, config, test_images, test_labels, run_name, training):
-    """Evaluate on the test set; print, write models/metrics.json and log to TensorBoard."""
+
+def report(vae, config, test_images, test_labels, run_name, training, trained=None):
+    """Evaluate on the test set; print, write models/metrics.json and log to TensorBoard.
+
+    `trained`: the settings the model was trained with (default: `config`'s)."""
     print(f"Evaluating on {len(test_images)} test images with K = {config.iw_samples} samples each")
     metrics = evaluation.evaluate(
         vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed
@@ -534,11 +603,13 @@ def report(vae, config, test_images, test_labels, run_name, training):
         f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of "
         f"{len(metrics['kl_per_dimension'])} latent dimensions active"
     )
+    trained = trained or dataclasses.asdict(config)
     record = {
         "run_name": run_name,
         "test": metrics,
         "training": training,
-        "config": dataclasses.asdict(config),
+        "config": trained,
+        "evaluation": {name: getattr(config, name) for name in EVALUATION_SETTINGS},
         "versions": {
             "python": platform.python_version(),
             "keras": keras.__version__,
@@ -551,10 +622,7 @@ def report(vae, config, test_images, test_labels, run_name, training):
 
         record["versions"]["tensorflow"] = tf.__version__
         evaluation.write_tensorboard_summary(
-            os.path.join(config.output_dir, "logs", run_name),
-            dataclasses.asdict(config),
-            metrics,
-            training,
+            os.path.join(config.output_dir, "logs", run_name), trained, metrics, training
         )
     write_atomically(
         os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2)
@@ -594,6 +662,9 @@ user can fix ends in one line, `error: ...`, with exit status 1.
 
 def main(argv=None):
     config = parse_args(argv)
+    # docker stop, SLURM and Kubernetes send SIGTERM, then SIGKILL after a grace period:
+    # stop at once, as for Ctrl-C, with the last finished epoch's backup whole.
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         if config.evaluate_only:
             evaluate_saved_model(config)
@@ -601,12 +672,11 @@ def main(argv=None):
             train(config)
     except (DataError, RunError, distribution.DistributionError) as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        print(
-            "\nInterrupted. Run the same command again to resume from the last finished epoch.",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (Terminated)
+        stopped_by = "Terminated" if isinstance(interrupt, Terminated) else "Interrupted"
+        again = "" if config.evaluate_only else " to resume from the last finished epoch"
+        print(f"\n{stopped_by}. Run the same command again{again}.", file=sys.stderr)
+        sys.exit(143 if isinstance(interrupt, Terminated) else 130)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def plot_manifold(decoder, path, label=None, class_name=None, grid_size=20):
 def plot_reconstructions(images, reconstructions, path):
     """Originals in the top row, their reconstructions below."""
     count = len(images)
-    figure, axes = plt.subplots(2, count, figsize=(1.2 * count, 2.8))
+    figure, axes = plt.subplots(2, count, figsize=(1.2 * count + 1, 2.8), squeeze=False)
     for column in range(count):
         for row, picture in enumerate((images[column], reconstructions[column])):
             axes[row, column].imshow(picture[..., 0], cmap="Greys_r", vmin=0, vmax=1)
@@ -199,15 +199,28 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
     )
 
 
+def interpolation_pairs(labels, count, seed=0):
+    """Up to `count` pairs of two distinct test images, drawn at random; the two are of
+    different classes wherever the test set has another class. None for a single image."""
+    labels = np.asarray(labels)
+    if len(labels) < 2:
+        return []
+    order = np.random.default_rng(seed).permutation(len(labels))
+    pairs = []
+    for position, first in enumerate(order[:count]):
+        others = np.roll(order, -position - 1)[:-1]  # every other image, from the next one on
+        other_class = others[labels[others] != labels[first]]
+        pairs.append((first, other_class[0] if len(other_class) else others[0]))
+    return pairs
+
+
 def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
     """Decodes along the straight line between the z_mean of two test images of different
-    classes."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    while len(chosen) < pairs:
-        first, second = rng.choice(len(z_mean), 2, replace=False)
-        if labels[first] != labels[second]:
-            chosen.append((first, second))
+    classes. Returns False, drawing nothing, when there are not two test images."""
+    chosen = interpolation_pairs(labels, pairs, seed)
+    if not chosen:
+        return False
+    pairs = len(chosen)
     first, second = np.array(chosen).T
     weights = np.linspace(0, 1, steps)[None, :, None]  # (pair, step, dimension)
     z = (1 - weights) * z_mean[first][:, None] + weights * z_mean[second][:, None]
@@ -229,6 +242,7 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
         "Straight lines in the latent space between two test images (z_mean)",
         path,
     )
+    return True
 
 
 def plot_traversals(
@@ -285,7 +299,7 @@ def plot_all(
         test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
     )
     plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
-    plot_interpolation(
+    drawn = plot_interpolation(
         decoder,
         z_mean,
         test_labels,
@@ -293,6 +307,8 @@ def plot_all(
         os.path.join(plots_dir, "interpolation.png"),
         seed=seed,
     )
+    if not drawn:
+        print("One test image only: interpolation.png, a path between two, is left out.")
     if z_mean.shape[1] > 2:  # two dimensions are already drawn whole by the manifold
         plot_traversals(
             decoder, z_mean, z_log_var, test_labels, os.path.join(plots_dir, "traversals.png")

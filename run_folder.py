@@ -7,13 +7,18 @@ Everything `main.py` writes under --output-dir passes through here:
 - `prepare_run` finds the unfinished run that backup/ holds (refusing one made with other
   settings) or names a new one;
 - `save_model`, `save_models` and `write_atomically` write to a temporary name and rename,
-  so a crash mid-save leaves the previous file whole;
+  so a crash mid-save leaves the previous file whole, and `saving` turns a full disk into
+  one sentence that names the folder and the space the file needs;
+- `read_progress` and `finish_run` keep the run's record across interruptions: backup/
+  lives until the run's last plot is drawn, so the same command always resumes;
 - `load_model_file` and `read_metrics` read back what an earlier run saved.
 """
 
 import contextlib
 import datetime
+import errno
 import json
+import math
 import os
 import shutil
 
@@ -29,9 +34,13 @@ class RunError(ValueError):
     """A problem with the run's setup that the user can fix; main() prints it in one line."""
 
 
-# ---------------------------------------------------------------------------------------
-# Before a run: the folder is writable, free, and holds no run with other settings
-# ---------------------------------------------------------------------------------------
+class DiskFull(RunError):
+    """A save ran out of disk space; the files saved before it are whole."""
+
+
+"""
+## Before a run: the folder is writable, free, and holds no run with other settings
+"""
 
 
 def check_writable(output_dir):
@@ -72,9 +81,10 @@ def output_lock(output_dir):
         yield
 
 
-# Settings that change what the weights mean: a backup made with other values must not
-# be loaded into this model. Not the compute dtype: the weights are float32 in both, so
-# a run may go on in the other one (--dtype-policy auto may choose it on another machine).
+# Settings that change what the weights mean or the path training takes to them: a backup
+# made with other values must not go on under these. Not the compute dtype: the weights are
+# float32 in both, so a run may go on in the other one (--dtype-policy auto may choose it on
+# another machine).
 RESUME_SETTINGS = (
     "dataset",
     "limit",
@@ -91,6 +101,8 @@ RESUME_SETTINGS = (
     "batch_size",
     "cosine_decay",
     "lr_warmup_epochs",
+    "learning_rate",
+    "seed",
 )
 
 
@@ -132,16 +144,74 @@ def prepare_run(config, write=True):
     return run_name, False
 
 
-# ---------------------------------------------------------------------------------------
-# Saving and loading: whole files only
-# ---------------------------------------------------------------------------------------
+PROGRESS_FILE = "progress.json"  # in backup/: what the finished epochs of this run did
+
+
+def read_progress(output_dir):
+    """The unfinished run's record (backup/progress.json): epochs and training seconds so far,
+    the best val_loss (the one checkpoint.keras holds). {} for a run that starts now."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open(os.path.join(output_dir, "backup", PROGRESS_FILE)) as file,
+    ):
+        return json.load(file)
+    return {}
+
+
+def finish_run(output_dir):
+    """The run is complete (models, metrics and plots written): its backup can go."""
+    shutil.rmtree(os.path.join(output_dir, "backup"), ignore_errors=True)
+
+
+"""
+## Saving and loading: whole files only
+"""
+
+
+def megabytes(size):
+    return f"{size / 2**20:,.1f} MB"
+
+
+@contextlib.contextmanager
+def saving(path, needed_bytes, partial=None):
+    """Save `path` inside this block. A full disk (or quota) ends the run with one sentence
+    naming the folder and the space the file needs; the half-written `partial` file is
+    removed, so the previous files are whole and the space is free again."""
+    try:
+        yield
+    except OSError as error:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        folder = os.path.dirname(os.path.abspath(path))
+        free = shutil.disk_usage(folder).free
+        raise DiskFull(
+            f"the disk holding {folder} is full ({megabytes(free)} free) and saving "
+            f"{os.path.basename(path)} needs about {megabytes(needed_bytes)}: free that much "
+            "space, or choose another --output-dir, then run the same command again"
+        ) from None
+
+
+def model_file_bytes(model, path, with_optimizer=True):
+    """About how large `path` will be: its previous size, else the weights' bytes (and the
+    optimizer's, which a .keras file of a compiled model holds too)."""
+    with contextlib.suppress(OSError):
+        return os.path.getsize(path)
+    variables = list(model.weights)
+    if with_optimizer and getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    return sum(math.prod(variable.shape) * 4 for variable in variables)
 
 
 def write_atomically(path, text):
+    """Write `text` to `path` through a temporary file: never a half-written file."""
     partial = path + ".partial"
-    with open(partial, "w") as file:
-        file.write(text)
-    os.replace(partial, path)
+    with saving(path, len(text.encode()), partial):
+        with open(partial, "w") as file:
+            file.write(text)
+        os.replace(partial, path)
 
 
 def partial_model_path(path):
@@ -152,8 +222,9 @@ def partial_model_path(path):
 def save_model(model, path):
     """Save to a temporary file beside `path`, then rename: never a half-written model."""
     partial = partial_model_path(path)
-    model.save(partial)
-    os.replace(partial, path)
+    with saving(path, model_file_bytes(model, path), partial):
+        model.save(partial)
+        os.replace(partial, path)
 
 
 def save_models(vae, models_dir):

@@ -9,8 +9,9 @@ import platform
 import statistics
 from pathlib import Path
 
-from benchmarks.flops import MATMUL_CHAIN, TRAINING_FLOPS_PER_FORWARD
+from benchmarks.peak import MATMUL_CHAIN
 from benchmarks.workers import MODELS
+from flops import TRAINING_FLOPS_PER_FORWARD
 
 # ---------------------------------------------------------------------------------------
 # Reading the curves (pure functions, no timing)

@@ -17,7 +17,8 @@ import resource
 import sys
 import time
 
-from benchmarks.flops import matmul_gflops, vae_flops
+from benchmarks.peak import matmul_gflops
+from flops import vae_flops
 
 MODELS = ("default", "baseline")
 

@@ -1,6 +1,8 @@
+import gzip
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import time
@@ -28,6 +30,33 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     return _data_dir("fashion_mnist")
+
+
+def idx_bytes(array, magic):
+    """An IDX file's bytes: the magic number, the dimensions, one byte per value."""
+    return struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.astype("uint8").tobytes()
+
+
+def write_idx(path, array, magic, compress=True):
+    payload = idx_bytes(array, magic)
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def write_idx_files(folder, train_images, train_labels, test_images, test_labels):
+    """MNIST's four files, as distributed, with these arrays: a --data-dir for main.py."""
+    import data
+
+    arrays = {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+    for key, array in arrays.items():
+        magic = data.IMAGES_MAGIC if key.endswith("images") else data.LABELS_MAGIC
+        write_idx(folder / data.IDX_FILES[key], array, magic)
+    return arrays
 
 
 # A few-second run on a small real subset, in float32 on every machine (the default, auto,
@@ -135,3 +164,41 @@ def run_main(arguments, env=None, timeout=120):
         text=True,
         timeout=timeout,
     )
+
+
+def hparams_tab(logdir):
+    """What `tensorboard --logdir LOGDIR` serves to the HParams tab, through the plugin's own
+    handlers: the experiment (columns) and the session groups (rows)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import (
+        api_pb2,
+        backend_context,
+        get_experiment,
+        list_session_groups,
+    )
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    backend = backend_context.Context(
+        base_plugin.TBContext(logdir=logdir, multiplexer=multiplexer, data_provider=provider)
+    )
+    request = context.RequestContext()
+    experiment = get_experiment.Handler(
+        request, backend, "", api_pb2.GetExperimentRequest(include_metrics=True)
+    ).run()
+    rows = list_session_groups.Handler(
+        request,
+        backend,
+        "",
+        api_pb2.ListSessionGroupsRequest(
+            start_index=0,
+            slice_size=100,
+            include_metrics=True,
+            allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS],
+        ),
+    ).run()
+    return experiment, rows.session_groups

@@ -9,31 +9,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import data
+from conftest import idx_bytes, write_idx, write_idx_files
 from data import IMAGES_MAGIC, LABELS_MAGIC, DataError
-
-
-def idx_bytes(array, magic):
-    return struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes()
-
-
-def write_idx(path, array, magic, compress=True):
-    payload = idx_bytes(array, magic)
-    path.write_bytes(gzip.compress(payload) if compress else payload)
-    return path
 
 
 def write_dataset(folder, train_count=12, test_count=6):
     rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (train_count, 28, 28)),
-        "train_labels": rng.integers(0, 10, train_count),
-        "test_images": rng.integers(0, 256, (test_count, 28, 28)),
-        "test_labels": rng.integers(0, 10, test_count),
-    }
-    for key, array in arrays.items():
-        magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
-        write_idx(folder / data.IDX_FILES[key], array, magic)
-    return arrays
+    return write_idx_files(
+        folder,
+        rng.integers(0, 256, (train_count, 28, 28)),
+        rng.integers(0, 10, train_count),
+        rng.integers(0, 256, (test_count, 28, 28)),
+        rng.integers(0, 10, test_count),
+    )
 
 
 def test_reads_idx_files_back_exactly(tmp_path):

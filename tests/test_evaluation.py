@@ -9,7 +9,7 @@ import pytest
 
 import evaluation
 import main
-from conftest import small_vae
+from conftest import hparams_tab, quick_config, small_vae
 
 
 def bar_images(count, seed):
@@ -51,20 +51,36 @@ def test_run_records_test_metrics(trained_run):
     assert glob.glob(str(output_dir / "logs" / "*" / "evaluation" / "events.out.tfevents.*"))
 
 
-def test_evaluate_only_reuses_saved_models(trained_run, mnist_dir):
-    output_dir, _, _ = trained_run
-    config = main.Config(
-        output_dir=str(output_dir),
-        data_dir=mnist_dir,
-        limit=600,
-        iw_samples=2,
-        evaluate_only=True,
-        plots=False,
-    )
-    main.evaluate_saved_model(config)
-    record = json.loads((output_dir / "models" / "metrics.json").read_text())
-    assert record["test"]["iw_samples"] == 2 and record["test"]["images"] == 100
-    assert record["training"]["epochs_trained"] == 1  # kept from the training run
+def test_evaluate_only_keeps_the_trained_settings_in_the_record(tmp_path, mnist_dir, capsys):
+    """The record says how the model was trained; --iw-samples, --seed, --limit and
+    --data-dir of an --evaluate-only run are recorded as that evaluation's own."""
+    trained = dict(latent_dim=3, batch_size=32, run_name="z3", plots=False)
+    main.train(quick_config(tmp_path, mnist_dir, **trained))
+    assert "Estimated time on this machine" in capsys.readouterr().out
+    evaluate = ["--evaluate-only", "--output-dir", str(tmp_path), "--data-dir", mnist_dir]
+    main.main([*evaluate, "--limit", "600", "--iw-samples", "2", "--seed", "5", "--no-plots"])
+
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert (record["config"]["latent_dim"], record["config"]["batch_size"]) == (3, 32)
+    assert record["config"]["limit"] == 512 and record["config"]["iw_samples"] == 4
+    assert record["evaluation"] == {"iw_samples": 2, "seed": 5, "limit": 600, "data_dir": mnist_dir}
+    assert record["test"]["images"] == 100 and record["training"]["epochs_trained"] == 1
+    _, rows = hparams_tab(str(tmp_path / "logs"))
+    assert [(row.name, row.hparams["latent_dim"].number_value) for row in rows] == [("z3", 3)]
+
+    # Without the record, what the model says of itself.
+    (tmp_path / "models" / "metrics.json").unlink()
+    main.main([*evaluate, "--limit", "60", "--iw-samples", "2", "--no-plots"])
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert record["config"] == {
+        "dataset": "mnist",
+        "latent_dim": 3,
+        "conditional": False,
+        "image_size": 32,
+    }
+    with pytest.raises(SystemExit) as exit_info:  # a plain model has no class to draw
+        main.main([*evaluate, "--plot-class", "2"])
+    assert "is not a conditional VAE of latent size 2" in str(exit_info.value.code)
 
 
 def test_evaluate_only_refuses_other_data(trained_run, mnist_dir):

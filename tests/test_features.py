@@ -111,12 +111,6 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
         assert all(picture.startswith(b"\x89PNG") for picture in pictures) and int(width) > 0
 
 
-@pytest.mark.parametrize("flag", ["--kl-warmup-epochs", "--image-every"])
-def test_negative_counts_are_refused(flag):
-    with pytest.raises(SystemExit):
-        main.parse_args([flag, "-1"])
-
-
 def step_sizes(config, steps, train_size=640):
     """Adam's step size at each of `steps`, as make_model(config) sets it up."""
     optimizer = main.make_model(config, train_size).optimizer

@@ -13,7 +13,7 @@ import evaluation
 import main
 import vae as vae_module
 from benchmarks import latent_sizes
-from conftest import quick_arguments, quick_config
+from conftest import hparams_tab, quick_arguments, quick_config
 
 
 def test_entropy_floor_of_a_hand_made_array():
@@ -83,44 +83,6 @@ def test_a_larger_latent_run_draws_traversals_and_records_active_units_and_the_f
     )
     traversals = two_runs / "plots" / "traversals.png"
     assert traversals.read_bytes().startswith(b"\x89PNG")
-
-
-def hparams_tab(logdir):
-    """What `tensorboard --logdir LOGDIR` serves to the HParams tab, through the plugin's own
-    handlers: the experiment (columns) and the session groups (rows)."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import (
-        api_pb2,
-        backend_context,
-        get_experiment,
-        list_session_groups,
-    )
-
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(logdir)
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
-    backend = backend_context.Context(
-        base_plugin.TBContext(logdir=logdir, multiplexer=multiplexer, data_provider=provider)
-    )
-    request = context.RequestContext()
-    experiment = get_experiment.Handler(
-        request, backend, "", api_pb2.GetExperimentRequest(include_metrics=True)
-    ).run()
-    rows = list_session_groups.Handler(
-        request,
-        backend,
-        "",
-        api_pb2.ListSessionGroupsRequest(
-            start_index=0,
-            slice_size=100,
-            include_metrics=True,
-            allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS],
-        ),
-    ).run()
-    return experiment, rows.session_groups
 
 
 def test_hparams_tab_lists_every_run_with_its_settings_and_test_figures(two_runs):

@@ -1,7 +1,10 @@
 """Interrupted, broken and hostile runs: nothing is lost, nothing wrong is loaded silently."""
 
+import errno
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +16,10 @@ import keras
 import numpy as np
 import pytest
 
+import callbacks
 import main
 import run_folder
-from callbacks import StopOnCtrlC
+from callbacks import StopOnSignal
 from conftest import REPO, quick_arguments, quick_config, wait_for_first_epoch
 
 
@@ -87,13 +91,44 @@ def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist
     )  # Adam's step count came back too
 
 
-def test_ctrl_c_stops_with_130_and_keeps_the_backup(tmp_path, mnist_dir):
+@pytest.mark.parametrize(
+    "sent, status, said",
+    [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")],
+)
+def test_ctrl_c_and_sigterm_stop_keep_the_backup_and_say_how_to_resume(
+    tmp_path, mnist_dir, sent, status, said
+):
+    """Ctrl-C, and SIGTERM as docker stop, SLURM and Kubernetes send it before SIGKILL."""
     process = start_and_wait_for_first_epoch(command(tmp_path, mnist_dir))
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    assert "Interrupted. Run the same command again to resume" in stderr.strip().splitlines()[-1]
+    assert process.returncode == status, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    assert (
+        last_line == f"{said}. Run the same command again to resume from the last finished epoch."
+    )
     assert (tmp_path / "backup" / "latest.weights.h5").exists()
+
+
+def test_an_interruption_after_training_resumes_to_the_end_without_training_again(
+    tmp_path, mnist_dir, monkeypatch
+):
+    config = quick_config(tmp_path, mnist_dir, plots=False)
+    report = main.report
+
+    def interrupted(*args, **kwargs):
+        raise callbacks.Terminated
+
+    monkeypatch.setattr(main, "report", interrupted)
+    with pytest.raises(callbacks.Terminated):
+        main.train(config)
+    assert (tmp_path / "models" / "vae.keras").exists() and (tmp_path / "backup").exists()
+    monkeypatch.setattr(main, "report", report)
+    _, history = main.train(config)
+    assert history.epoch == []  # nothing left to train
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert record["training"]["epochs_trained"] == 1 and record["training"]["training_seconds"] > 0
+    assert not (tmp_path / "backup").exists()
 
 
 class SwallowCtrlC(keras.callbacks.Callback):
@@ -129,7 +164,7 @@ def test_ctrl_c_swallowed_by_library_code_still_stops_training(ctrl_c_as_in_a_te
     model.fit(
         images, images, batch_size=8, epochs=1, verbose=0, callbacks=[SwallowCtrlC(), count_batches]
     )
-    assert len(batches) == 8  # without StopOnCtrlC the press is lost and training runs on
+    assert len(batches) == 8  # without StopOnSignal the press is lost and training runs on
 
     batches.clear()
     with pytest.raises(KeyboardInterrupt):
@@ -139,13 +174,20 @@ def test_ctrl_c_swallowed_by_library_code_still_stops_training(ctrl_c_as_in_a_te
             batch_size=8,
             epochs=1,
             verbose=0,
-            callbacks=[StopOnCtrlC(), SwallowCtrlC(), count_batches],
+            callbacks=[StopOnSignal(), SwallowCtrlC(), count_batches],
         )
     assert batches == [0, 1]  # stopped at the next batch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "failure, expected",
+    [
+        (OSError("the device went away"), OSError),
+        (OSError(errno.ENOSPC, "No space left on device"), run_folder.DiskFull),
+    ],
+)
+def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch, failure, expected):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = str(tmp_path / "model.keras")
     run_folder.save_model(model, path)
@@ -154,12 +196,95 @@ def test_a_crash_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
     def crash_half_way(self, filepath, *args, **kwargs):
         with open(filepath, "wb") as file:
             file.write(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
+        raise failure
 
     monkeypatch.setattr(keras.Model, "save", crash_half_way)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(expected) as raised:
         run_folder.save_model(model, path)
     assert digest(tmp_path / "model.keras") == before
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]  # the half-written file is gone
+    if expected is run_folder.DiskFull:
+        size = os.path.getsize(path) / 2**20
+        assert str(raised.value).startswith(f"the disk holding {tmp_path} is full (")
+        assert f"saving model.keras needs about {size:,.1f} MB" in str(raised.value)
+
+
+FULL_DISK = """
+import hashlib, json, os, sys
+sys.path.insert(0, {repo!r})
+import keras
+import main
+
+output_dir = {output_dir!r}
+arguments = {arguments!r}
+filler = os.path.join(output_dir, "filler")
+
+
+class FillTheDisk(keras.callbacks.Callback):
+    \"\"\"After the first epoch's checkpoint and backup: no byte left on the disk.\"\"\"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            with open(os.path.join(output_dir, "checkpoint.keras"), "rb") as file:
+                self.checkpoint = hashlib.sha256(file.read()).hexdigest()
+            try:
+                with open(filler, "wb") as file:
+                    while True:
+                        file.write(bytes(1 << 16))
+                        file.flush()
+            except OSError:
+                pass
+
+
+fill = FillTheDisk()
+make_callbacks = main.make_callbacks
+main.make_callbacks = lambda *args: make_callbacks(*args) + [fill]
+try:
+    main.main(arguments)
+except SystemExit as stop:
+    message = str(stop.code)
+main.make_callbacks = make_callbacks
+with open(os.path.join(output_dir, "checkpoint.keras"), "rb") as file:
+    checkpoint_kept = hashlib.sha256(file.read()).hexdigest() == fill.checkpoint
+keras.saving.load_model(os.path.join(output_dir, "checkpoint.keras"))  # whole
+os.remove(filler)
+vae, history = main.train(main.parse_args(arguments))  # the same command, with room again
+print(json.dumps({{"message": message, "checkpoint_kept": checkpoint_kept,
+                  "resumed_epochs": history.epoch}}))
+"""
+
+
+def test_a_full_disk_ends_the_run_in_one_sentence_and_loses_nothing(tmp_path, mnist_dir):
+    """A real small file system (tmpfs in a private mount namespace) filled after the first
+    epoch: the second epoch's save fails, the run says which folder needs how much, the
+    first epoch's checkpoint and backup are whole, and the same command resumes."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    output_dir = tmp_path / "small-disk"
+    output_dir.mkdir()
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {output_dir}"],
+        capture_output=True,
+    )
+    if probe.returncode:
+        pytest.skip(f"cannot mount a small file system here: {probe.stderr.decode().strip()}")
+    arguments = quick_arguments(output_dir, mnist_dir, epochs=2, plots=False, image_every=0)
+    code = FULL_DISK.format(repo=str(REPO), output_dir=str(output_dir), arguments=arguments)
+    mount = f"mount -t tmpfs -o size=16m tmpfs {output_dir}"
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["message"].startswith(f"error: the disk holding {output_dir} is full (")
+    assert "needs about" in outcome["message"] and "\n" not in outcome["message"]
+    assert outcome["checkpoint_kept"]
+    assert outcome["resumed_epochs"] == [1]  # the first epoch's backup was whole
 
 
 def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir):

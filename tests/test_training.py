@@ -1,14 +1,20 @@
 """End to end on a small real MNIST subset: outputs, reloading, resuming, repeating."""
 
+import dataclasses
 import glob
+import json
 import os
+import re
 
 import keras
 import numpy as np
 import pytest
 
+import callbacks
+import data
 import main
-from conftest import REPO, quick_config, run_python
+import plotting
+from conftest import REPO, quick_arguments, quick_config, run_main, run_python, write_idx_files
 
 
 def test_a_run_writes_every_output(trained_run):
@@ -134,6 +140,56 @@ def test_backup_from_other_settings_is_refused(tmp_path, mnist_dir, monkeypatch)
     assert history.epoch == [0, 1]
 
 
+@pytest.mark.parametrize(
+    "changed, expected",
+    [({"learning_rate": 2e-3}, "learning_rate 0.004 -> 0.002"), ({"seed": 8}, "seed 1337 -> 8")],
+)
+def test_resume_with_another_trajectory_is_refused(
+    tmp_path, mnist_dir, monkeypatch, changed, expected
+):
+    """The step size and the seed change the path training takes: a backup made with others
+    must not go on silently under these."""
+    config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, learning_rate=4e-3)
+    make_callbacks = main.make_callbacks
+    monkeypatch.setattr(
+        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        main.train(config)
+    monkeypatch.setattr(main, "make_callbacks", make_callbacks)
+    with pytest.raises(main.RunError, match=re.escape(expected) + r".*--fresh"):
+        main.train(dataclasses.replace(config, **changed))
+
+
+class SpoilTheWeights(keras.callbacks.Callback):
+    """Resumed training that goes badly: before the next epoch the decoder is made to draw
+    every pixel white (a large bias on its logits), a loss far above the first epoch's."""
+
+    def on_train_begin(self, logs=None):
+        bias = self.model.decoder.get_layer("logits").bias
+        bias.assign(np.full(bias.shape, 20.0, "float32"))
+
+
+def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, monkeypatch):
+    config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
+    make_callbacks = main.make_callbacks
+    monkeypatch.setattr(
+        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        main.train(config)
+    best = (tmp_path / "checkpoint.keras").read_bytes()
+
+    monkeypatch.setattr(
+        main, "make_callbacks", lambda *args: make_callbacks(*args) + [SpoilTheWeights()]
+    )
+    _, history = main.train(config)
+    assert history.epoch == [1] and history.history["val_loss"][0] > 1000  # much worse
+    assert (tmp_path / "checkpoint.keras").read_bytes() == best  # still the first epoch's
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert record["training"]["epochs_trained"] == 2  # both processes' epochs
+
+
 def test_same_seed_repeats_and_other_seed_differs(tmp_path, mnist_dir):
     def losses(name, seed):
         config = quick_config(
@@ -146,8 +202,71 @@ def test_same_seed_repeats_and_other_seed_differs(tmp_path, mnist_dir):
     assert first["loss"] != other["loss"]
 
 
-def test_diverging_run_stops_without_saving(tmp_path, mnist_dir):
-    with pytest.raises(main.TrainingDiverged, match="--learning-rate"):
-        main.train(quick_config(tmp_path, mnist_dir, learning_rate=1e4))
-    assert not (tmp_path / "models" / "vae.keras").exists()
-    assert not (tmp_path / "plots" / "manifold.png").exists()
+@pytest.mark.parametrize("limit", [6, 11])
+def test_a_single_test_image_finishes_with_every_plot_it_can_draw(tmp_path, mnist_dir, limit):
+    result = run_main(quick_arguments(tmp_path, mnist_dir, limit=limit), timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert record["test"]["images"] == 1
+    plots = {path.name for path in (tmp_path / "plots").iterdir()}
+    assert {"latent_space.png", "reconstructions.png", "samples.png", "manifold.png"} <= plots
+    assert "interpolation.png" not in plots and "interpolation.png" in result.stdout
+
+
+def test_a_test_set_of_one_class_finishes(tmp_path, mnist_dir):
+    """Interpolation pairs images of different classes where it can: with one class, it
+    pairs images of that class instead of searching for another one for ever."""
+    (x_train, y_train), (x_test, y_test) = data.load_dataset("mnist", mnist_dir)
+    ones = y_test == 1
+    folder = tmp_path / "ones"
+    folder.mkdir()
+    write_idx_files(folder, x_train[:300], y_train[:300], x_test[ones][:60], y_test[ones][:60])
+    result = run_main(quick_arguments(tmp_path / "out", str(folder)), timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "plots" / "interpolation.png").stat().st_size > 0
+
+
+def test_interpolation_pairs_are_of_two_images_of_other_classes_where_there_are():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    for first, second in plotting.interpolation_pairs(labels, 6, seed=3):
+        assert first != second and labels[first] != labels[second]
+    assert len(plotting.interpolation_pairs(labels, 6)) == 6
+    assert len(plotting.interpolation_pairs(labels[:3], 6)) == 3  # one pair per image at most
+    assert all(a != b for a, b in plotting.interpolation_pairs(np.zeros(4, int), 6))
+    assert plotting.interpolation_pairs(np.array([7]), 6) == []
+
+
+@pytest.mark.parametrize(
+    "seconds_per_image, budget, expected",
+    [
+        # 10 epochs of 1000 images at 1 ms + validation of 300 at a third of that: 1.1 s an
+        # epoch; the evaluation costs twice a training image's FLOPs per test image: 0.6 s.
+        (
+            1e-3,
+            600,
+            "Estimated time on this machine: 12 s (training 10 epochs of 1 s, then "
+            "the evaluation 1 s); --epochs 10 fits in 10 min here.",
+        ),
+        # At 0.1 s per image: 110 s an epoch, 60 s of evaluation; 600 s hold 4 epochs.
+        (
+            0.1,
+            600,
+            "Estimated time on this machine: 19 min 20 s (training 10 epochs of "
+            "1 min 50 s, then the evaluation 1 min); --epochs 4 would fit in 10 min here.",
+        ),
+    ],
+)
+def test_time_estimate_prices_training_validation_and_evaluation(
+    seconds_per_image, budget, expected
+):
+    estimate = callbacks.TimeEstimate(
+        epochs=10,
+        steps_per_epoch=100,
+        batch_size=10,
+        test_images=300,
+        evaluation_flops=6,
+        training_flops=3,
+        budget_seconds=budget,
+    )
+    estimate.first_epoch = 0
+    assert estimate.describe(seconds_per_image) == expected
