@@ -251,26 +251,41 @@ class LogKLWeight(keras.callbacks.Callback):
 
 
 class TensorBoardImages(keras.callbacks.Callback):
-    """Every `every` epochs, pictures in TensorBoard's Images tab: reconstructions of fixed
-    test images, samples from the prior (fixed z) and the latent-space scatter."""
+    """Every `every` epochs, one card per picture in TensorBoard's Images tab, whose step
+    slider then moves through the epochs: fixed test images above their reconstructions,
+    samples from the prior (the same z each time) and the latent-space scatter."""
 
-    def __init__(self, log_dir, images, labels, class_names, every, seed):
+    COLUMNS = 8  # images per row of a card
+    GAP = 2  # grey pixels between the pictures of a card
+
+    def __init__(self, log_dir, images, labels, class_names, every, seed, shown=16):
         super().__init__()
         self.log_dir, self.images, self.labels = log_dir, images, labels
-        self.class_names, self.every, self.seed = class_names, every, seed
+        self.class_names, self.every, self.seed, self.shown = class_names, every, seed, shown
         self.writer = None
+
+    def reconstructions_card(self, z_mean):
+        """Rows of test images, each row above the same images' reconstructions."""
+        originals = self.images[: self.shown]
+        reconstructions = plotting.decode(
+            self.model.decoder, z_mean[: self.shown], self.labels[: self.shown]
+        )
+        rows = []
+        for start in range(0, len(originals), self.COLUMNS):
+            for pictures in (originals, reconstructions):
+                row = np.full((self.COLUMNS, *originals.shape[1:]), 0.5, np.float32)
+                chunk = pictures[start : start + self.COLUMNS]
+                row[: len(chunk)] = chunk
+                rows.append(row)
+        return plotting.image_grid(np.concatenate(rows), self.COLUMNS, self.GAP)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
         import tensorflow as tf  # TensorBoard's writer; the rest of the program is backend-neutral
 
-        encoder, decoder = self.model.encoder, self.model.decoder
-        z_mean = plotting.encode(encoder, self.images, self.labels)
-        shown = slice(0, 16)
-        reconstructions = plotting.decode(decoder, z_mean[shown], self.labels[shown])
-        side_by_side = np.concatenate([self.images[shown], reconstructions], axis=2)
-        samples = plotting.prior_samples(decoder, 16, seed=self.seed)
+        z_mean = plotting.encode(self.model.encoder, self.images, self.labels)
+        samples = plotting.prior_samples(self.model.decoder, 2 * self.COLUMNS, seed=self.seed)
         scatter = plotting.figure_png(
             plotting.latent_space_figure(z_mean, self.labels, self.class_names)
         )
@@ -278,9 +293,15 @@ class TensorBoardImages(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(self.log_dir)
         with self.writer.as_default(step=epoch):
             tf.summary.image(
-                "reconstructions (original | reconstruction)", side_by_side, max_outputs=16
+                "reconstructions",
+                self.reconstructions_card(z_mean)[None],
+                description="Rows of test images, each above the same images' reconstructions",
             )
-            tf.summary.image("samples from the prior", samples, max_outputs=16)
+            tf.summary.image(
+                "samples from the prior",
+                plotting.image_grid(samples, self.COLUMNS, self.GAP)[None],
+                description="Decodes of fixed z drawn from N(0, I): the same z every epoch",
+            )
             tf.summary.image("latent space", tf.image.decode_png(scatter)[None])
         self.writer.flush()
 

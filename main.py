@@ -69,6 +69,7 @@ from callbacks import (
 )
 from data import DataError
 from flops import forward_flops, vae_flops
+from projector import write_projector
 from run_folder import (
     RunError,
     check_writable,
@@ -508,6 +509,7 @@ def train(config):
             "epochs_trained": progress.get("epochs_trained", 0),
         }
         report(trained, config, test_images, test_labels, run_name, training)
+        show_in_projector(trained, config, test_images, test_labels, run_name)
         if config.plots:
             draw_plots(trained, config, test_images, test_labels)
         finish_run(config.output_dir)  # only now: an interruption before this resumes
@@ -550,15 +552,11 @@ def evaluate_saved_model(config):
                 f"{config.output_dir} is not a conditional VAE of latent size 2: leave it out"
             )
         _, (test_images, test_labels) = load_images(config)
+        run_name = previous.get("run_name", "evaluation")
         report(
-            vae,
-            config,
-            test_images,
-            test_labels,
-            previous.get("run_name", "evaluation"),
-            previous.get("training", {}),
-            trained,
+            vae, config, test_images, test_labels, run_name, previous.get("training", {}), trained
         )
+        show_in_projector(vae, config, test_images, test_labels, run_name)
         if config.plots:
             draw_plots(vae, config, test_images, test_labels)
     return vae
@@ -628,6 +626,18 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
         os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2)
     )
     return metrics
+
+
+def show_in_projector(vae, config, test_images, test_labels, run_name):
+    """The test images' z_mean, classes and pictures for TensorBoard's Projector
+    (projector.py), in the run's folder under logs/."""
+    z_mean = plotting.encode(vae.encoder, test_images, test_labels)
+    log_dir = os.path.join(config.output_dir, "logs", run_name)
+    with contextlib.suppress(ImportError):  # TensorFlow writes TensorBoard's files
+        count = write_projector(
+            log_dir, z_mean, test_images, test_labels, data.CLASS_NAMES[config.dataset]
+        )
+        print(f"The latent space of {count} test images is in TensorBoard's Projector")
 
 
 """

@@ -6,6 +6,7 @@ take the encoder and decoder (plain or conditional) as saved in models/.
 """
 
 import io
+import math
 import os
 
 import keras
@@ -75,6 +76,21 @@ def _tile(images, rows, columns):
     height, width = images.shape[1:3]
     grid = images[..., 0].reshape(rows, columns, height, width)
     return grid.transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+
+
+def image_grid(images, columns, gap=0, gap_value=0.5):
+    """(N, height, width, channels) -> one (rows * height, columns * width, channels)
+    picture, row by row, with `gap` pixels of `gap_value` between the tiles; the last row
+    is filled with the gap's value where the images run out."""
+    count, height, width, channels = images.shape
+    rows = max(1, math.ceil(count / columns))
+    tiles = np.full((rows * columns, height + gap, width + gap, channels), gap_value, np.float32)
+    tiles[:count, :height, :width] = images
+    grid = tiles.reshape(rows, columns, height + gap, width + gap, channels)
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(
+        rows * (height + gap), columns * (width + gap), channels
+    )
+    return grid[: grid.shape[0] - gap, : grid.shape[1] - gap]  # no gap after the last tile
 
 
 def _save(figure, path):
