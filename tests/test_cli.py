@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,15 @@ def test_help_documents_every_setting_with_its_default():
     for config_field in dataclasses.fields(main.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
     assert f"(default: {main.Config().epochs})" in result.stdout
+
+
+def test_readme_lists_every_setting_in_its_flags_table():
+    section = (REPO / "README.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `--")]
+    listed = set(re.findall(r"--[a-z-]+", " ".join(rows)))
+    assert listed == {
+        "--" + field.name.replace("_", "-") for field in dataclasses.fields(main.Config)
+    }
 
 
 def test_flags_map_onto_config():
