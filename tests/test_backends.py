@@ -1,14 +1,12 @@
 """Every installed Keras backend trains, saves and plots; its files load on every other."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
+from benchmarks.workers import installed_backends
 from conftest import REPO, quick_arguments, run_main, run_python
-
-BACKENDS = [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +16,10 @@ def runs(mnist_dir, tmp_path_factory):
     In float32: the loaded files' outputs are compared across backends to 1e-4. Under
     `auto` a backend may take bfloat16, whose kernels round differently on each backend."""
     folders = {}
-    for backend in BACKENDS:
+    for backend in installed_backends():
         folder = tmp_path_factory.mktemp(backend)
         result = run_main(
-            quick_arguments(folder, mnist_dir),
+            quick_arguments(folder, mnist_dir, limit=1200, epochs=2),
             env={"KERAS_BACKEND": backend},
             timeout=300,
         )
@@ -47,7 +45,10 @@ def test_backend_trains_saves_and_plots(runs, backend):
         assert (folder / name).stat().st_size > 0, name
     metrics = json.loads((folder / "models" / "metrics.json").read_text())
     assert metrics["versions"]["backend"] == backend
-    assert np.isfinite(metrics["test"]["negative_elbo"]) and metrics["test"]["negative_elbo"] < 700
+    # An untrained decoder says 0.5 for every pixel: 1024 ln 2 = 710 nats per image. After
+    # 38 steps a model that learned where strokes lie is far below (the training images'
+    # mean image alone would give 199).
+    assert metrics["test"]["negative_elbo"] < 350
     for part in (
         "train",
         "validation",

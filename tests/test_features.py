@@ -28,7 +28,7 @@ def test_fashion_mnist_trains_and_names_its_run(tmp_path, fashion_mnist_dir):
 
 
 def test_conditional_decoder_reloads_with_plain_keras_and_follows_the_label(tmp_path, mnist_dir):
-    main.train(
+    model, _ = main.train(
         quick_config(tmp_path, mnist_dir, conditional=True, epochs=2, limit=1200, plot_class=3)
     )
     plots = {path.name for path in (tmp_path / "plots").iterdir()}
@@ -48,6 +48,10 @@ print(json.dumps({{"images": images.tolist(), "z_mean": z_mean.tolist()}}))
     )
     images = np.array(decoded["images"])
     assert images.shape == (10, 32, 32, 1)
+    # The reloaded encoder reads the label as the trained one does.
+    labels = np.eye(10, dtype="float32")
+    expected, _ = model.encoder.predict([images.astype("float32"), labels], verbose=0)
+    np.testing.assert_allclose(decoded["z_mean"], expected, rtol=1e-4, atol=1e-5)
     # The same z, ten labels: ten different pictures.
     differences = np.abs(images[:, None] - images[None]).mean(axis=(2, 3, 4))
     assert differences[~np.eye(10, dtype=bool)].min() > 1e-3
