@@ -219,8 +219,8 @@ def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     # Two batches ready ahead, and tf.data's autotuning off: the images are already in
-    # memory, and on a 2-core CPU the tuner left one core idle in some epochs, which then
-    # took up to twice as long (docs/performance.md).
+    # memory, so there is little to tune, and on a CPU with few cores the tuner can leave a
+    # core idle for whole epochs (docs/performance.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(2).with_options(options)

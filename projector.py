@@ -20,6 +20,9 @@ import numpy as np
 import plotting
 
 EMBEDDING_NAME = "z_mean"  # the checkpoint's variable, as the Projector lists it
+# The Projector's PCA draws three components and shows nothing for fewer dimensions: a
+# smaller latent space gets coordinates of 0 up to three, the plane it lies in.
+PROJECTOR_DIMENSIONS = 3
 SPRITE_SIDE = 4096  # pixels: the sprite, a square of thumbnails, stays within this
 
 
@@ -61,7 +64,9 @@ def write_projector(log_dir, z_mean, images, labels, class_names):
     with open(os.path.join(log_dir, "metadata.tsv"), "w") as file:
         file.write(metadata_lines(labels[:count], class_names))
     tf.io.write_file(os.path.join(log_dir, "sprite.png"), tf.io.encode_png(sprite(images[:count])))
-    embedding = tf.Variable(np.asarray(z_mean[:count], np.float32), name=EMBEDDING_NAME)
+    points = np.zeros((count, max(z_mean.shape[1], PROJECTOR_DIMENSIONS)), np.float32)
+    points[:, : z_mean.shape[1]] = z_mean[:count]
+    embedding = tf.Variable(points, name=EMBEDDING_NAME)
     tf.train.Checkpoint(**{EMBEDDING_NAME: embedding}).save(os.path.join(log_dir, "embedding"))
 
     config = projector.ProjectorConfig()

@@ -96,7 +96,8 @@ def test_the_projector_shows_every_test_image_with_its_class_and_picture(
     _, (test_images, test_labels) = main.load_images(config)
     count = len(test_images)  # 512 // 6 = 85: all of them
     assert embedding["tensorName"] == TENSOR
-    assert embedding["tensorShape"] == [count, config.latent_dim]
+    # The Projector draws three coordinates: a 2-D latent space lies in the plane z[2] = 0.
+    assert embedding["tensorShape"] == [count, max(config.latent_dim, 3)]
     assert embedding["sprite"]["singleImageDim"] == [32, 32]
 
     query = dict(run=f"{run}/projector", name=TENSOR)
@@ -108,7 +109,9 @@ def test_the_projector_shows_every_test_image_with_its_class_and_picture(
     encoder = keras.saving.load_model(logs / "models" / "encoder.keras")  # the last run's
     if run == "conditional":
         z_mean, _ = encoder.predict([test_images, data.one_hot(test_labels)], verbose=0)
-        np.testing.assert_allclose(points.reshape(count, 2), z_mean, rtol=1e-4, atol=1e-5)
+        points = points.reshape(count, 3)
+        np.testing.assert_allclose(points[:, :2], z_mean, rtol=1e-4, atol=1e-5)
+        assert np.all(points[:, 2] == 0)
     else:
         assert points.shape == (count * 3,) and np.all(np.isfinite(points))
 
