@@ -113,9 +113,19 @@ class LogKLWeight(keras.callbacks.Callback):
             logs["kl_weight"] = float(keras.ops.convert_to_numpy(self.model.kl_weight))
 
 
+class LogBitsPerDimension(keras.callbacks.Callback):
+    """Logs the validation negative ELBO in bits per dimension as `val_bits_per_dim` (the
+    figure papers on colour images report): nats per image / (values per image x ln 2)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_loss" in logs:
+            logs["val_bits_per_dim"] = logs["val_loss"] / (self.model.dimensions * math.log(2))
+
+
 class TensorBoardImages(keras.callbacks.Callback):
     """Every `every` epochs, pictures in TensorBoard's Images tab: reconstructions of fixed
-    test images, samples from the prior (fixed z) and the latent-space scatter."""
+    test images, samples from the prior (fixed z) and the latent-space scatter; grey or in
+    colour, as the images are. `labels` and `class_names` are None for unlabelled images."""
 
     def __init__(self, log_dir, images, labels, class_names, every, seed):
         super().__init__()
@@ -131,7 +141,8 @@ class TensorBoardImages(keras.callbacks.Callback):
         encoder, decoder = self.model.encoder, self.model.decoder
         z_mean = plotting.encode(encoder, self.images, self.labels)
         shown = slice(0, 16)
-        reconstructions = plotting.decode(decoder, z_mean[shown], self.labels[shown])
+        labels = None if self.labels is None else self.labels[shown]
+        reconstructions = plotting.decode(decoder, z_mean[shown], labels)
         side_by_side = np.concatenate([self.images[shown], reconstructions], axis=2)
         samples = plotting.prior_samples(decoder, 16, seed=self.seed)
         scatter = plotting.figure_png(

@@ -172,10 +172,12 @@ def run_training_worker(name, args):
 
     overrides = {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed}
     config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
+    images = main.load_images(config)
+    config = main.settled(config, images.colour)
     if name == "default":
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
     keras.utils.set_random_seed(config.seed)
-    (train_images, _), (test_images, _) = main.load_images(config)
+    train_images, test_images = images.train_images, images.test_images
     if name == "default":
         epochs = args.epochs_default or config.epochs
         # The learning-rate schedule spans the epochs actually run.

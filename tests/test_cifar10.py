@@ -3,7 +3,10 @@
 The files are written as the official archives hold them (tests/cifar10_files.py): Python-2
 protocol-2 pickles, or the binary version's fixed records."""
 
+import glob
 import io
+import json
+import math
 import pickle
 import struct
 import subprocess
@@ -17,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import data
+import main
 from cifar10_files import (
     LABEL_NAMES,
     batch_bytes,
@@ -26,6 +30,7 @@ from cifar10_files import (
     write_archive,
     write_folder,
 )
+from conftest import quick_config, run_python
 from data import DataError
 
 
@@ -257,3 +262,84 @@ def test_no_download_names_the_offline_files(monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(DataError, match="could not download cifar10 .*cifar-10-python.tar.gz"):
         data.load_dataset("cifar10")
+
+
+def colour_spread(picture):
+    """Mean absolute difference between an RGB(A) picture's channels: exactly 0 for a grey
+    picture (matplotlib draws grey levels with three equal channels)."""
+    rgb = np.asarray(picture, np.float64)[..., :3]
+    return np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()
+
+
+@pytest.fixture(scope="module")
+def cifar10_archive(tmp_path_factory):
+    files, _ = python_batches(train_count=500, test_count=100)
+    return write_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz", files)
+
+
+def test_a_run_on_cifar10_files_trains_reloads_and_draws_in_colour(tmp_path, cifar10_archive):
+    import matplotlib.image
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    vae, _ = main.train(
+        quick_config(tmp_path, str(cifar10_archive), dataset="cifar10", latent_dim=8, epochs=2)
+    )
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    test = record["test"]
+    assert record["config"]["colour"] == "rgb" and test["likelihood"] == "discretized_logistic"
+    assert test["dimensions"] == 32 * 32 * 3 and test["data_entropy_floor"] is None
+    assert test["bits_per_dim"] == pytest.approx(test["negative_elbo"] / (3072 * math.log(2)))
+    assert test["iw_bits_per_dim"] == pytest.approx(test["iw_nll"] / (3072 * math.log(2)))
+    assert 0 < test["bits_per_dim"] < 9  # below 8-bit noise plus a little, after two epochs
+
+    for name in ("reconstructions", "samples", "interpolation", "traversals"):
+        picture = matplotlib.image.imread(tmp_path / "plots" / f"{name}.png")
+        assert colour_spread(picture) > 1e-3, name
+    (images_folder,) = glob.glob(str(tmp_path / "logs" / "*" / "images"))
+    events = EventAccumulator(images_folder, size_guidance={"tensors": 0})
+    events.Reload()
+    for tag in ("reconstructions (original | reconstruction)", "samples from the prior"):
+        _, _, *pictures = tf.make_ndarray(events.Tensors(tag)[-1].tensor_proto)
+        decoded = tf.io.decode_png(pictures[0]).numpy()
+        assert decoded.shape[-1] == 3 and colour_spread(decoded) > 1, tag
+
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    np.save(tmp_path / "images.npy", images)
+    z_mean, _ = vae.encoder.predict(images, verbose=0)
+    reloaded = run_python(
+        f"""
+import json, keras, numpy as np
+encoder = keras.saving.load_model({str(tmp_path / "models" / "encoder.keras")!r})
+decoder = keras.saving.load_model({str(tmp_path / "models" / "decoder.keras")!r})
+z_mean, _ = encoder.predict(np.load('images.npy'), verbose=0)
+decoded = decoder.predict(z_mean, verbose=0)
+print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
+""",
+        cwd=tmp_path,
+    )
+    np.testing.assert_allclose(reloaded["z_mean"], z_mean, rtol=1e-5, atol=1e-6)
+    decoded = np.array(reloaded["decoded"])
+    assert decoded.shape == (2, 32, 32, 3) and decoded.min() >= 0 and decoded.max() <= 1
+    np.testing.assert_allclose(decoded, vae.decoder.predict(z_mean, verbose=0), atol=1e-6)
+
+
+def test_a_conditional_colour_model_at_64_pixels(tmp_path, cifar10_archive):
+    vae, _ = main.train(
+        quick_config(
+            tmp_path,
+            str(cifar10_archive),
+            dataset="cifar10",
+            conditional=True,
+            image_size=64,
+            limit=300,
+            latent_dim=2,
+            image_every=0,
+            plot_class=0,
+        )
+    )
+    assert vae.decoder.output.shape == (None, 64, 64, 3) and vae.num_classes == 10
+    plots = {path.name for path in (tmp_path / "plots").iterdir()}
+    assert {"class_samples.png", "manifold_class0.png", "latent_space.png"} <= plots
+    record = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert record["test"]["dimensions"] == 64 * 64 * 3

@@ -18,6 +18,11 @@ def test_help_documents_every_setting_with_its_default():
     for config_field in dataclasses.fields(main.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
     assert f"(default: {main.Config().epochs})" in result.stdout
+    # Defaults that depend on the images say so; no flag shows "None".
+    help_text = " ".join(result.stdout.split())
+    assert "default 2 for grey images" in help_text and "128 for colour ones" in help_text
+    assert "auto: bernoulli for grey images, discretized_logistic for colour ones" in help_text
+    assert "(default: None)" not in help_text
 
 
 def test_flags_map_onto_config():
@@ -43,6 +48,12 @@ def test_flags_map_onto_config():
         ["--image-size", "30"],
         ["--dataset", "cifar"],
         ["--epochs", "two"],
+        ["--image-size", "24"],  # MNIST's digits are padded: not below 28
+        ["--dataset", "cifar10", "--image-size", "18"],
+        ["--test-split", "1"],
+        ["--likelihood", "gaussian"],
+        ["--colour", "cmyk"],
+        ["--plot-class", "-1"],
     ],
 )
 def test_bad_values_are_refused_with_usage(arguments, capsys):
@@ -50,6 +61,22 @@ def test_bad_values_are_refused_with_usage(arguments, capsys):
         main.parse_args(arguments)
     assert exit_info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
+    settled = main.settled(main.Config())
+    assert (settled.colour, settled.latent_dim, settled.likelihood) == ("grey", 2, "bernoulli")
+    settled = main.settled(main.Config(dataset="cifar10"))
+    assert (settled.colour, settled.latent_dim, settled.likelihood) == (
+        "rgb",
+        128,
+        "discretized_logistic",
+    )
+    # What the user says wins; a folder's colour is the images'.
+    settled = main.settled(main.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli"))
+    assert (settled.latent_dim, settled.likelihood) == (16, "bernoulli")
+    assert main.settled(main.Config(dataset="folder"), "rgb").latent_dim == 128
+    assert main.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
 
 
 def test_bad_data_dir_gives_one_line_error(tmp_path):
@@ -60,6 +87,24 @@ def test_bad_data_dir_gives_one_line_error(tmp_path):
         == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dataset", "folder"], "error: --dataset folder needs --data-dir DIR"),
+        (
+            ["--dataset", "cifar10", "--data-dir", "{tmp}"],
+            "error: {tmp}: no CIFAR-10 batches there",
+        ),
+    ],
+)
+def test_colour_data_mistakes_give_one_line_error(tmp_path, arguments, message):
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        main.main([*arguments, "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code.startswith(message.format(tmp=tmp_path))
+    assert "\n" not in exit_info.value.code
 
 
 def test_output_path_that_is_a_file_is_refused_before_training(tmp_path):
