@@ -265,16 +265,25 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
 
 
 def plot_traversals(
-    decoder, z_mean, z_log_var, test_labels, path, image_index=0, steps=11, limit=3.0
+    decoder,
+    z_mean,
+    z_log_var,
+    test_labels,
+    path,
+    image_index=0,
+    steps=11,
+    limit=3.0,
+    max_rows=16,
 ):
     """One row per active latent dimension (mean KL over the test images' posteriors above
-    ACTIVE_UNIT_NATS), most informative first: that dimension set to values from -limit to
-    limit, the others held at one test image's z_mean. With no active dimension, the one with
-    the largest KL is shown."""
+    ACTIVE_UNIT_NATS), most informative first, at most `max_rows` of them (a colour model's
+    128 dimensions would make a picture too tall to read): that dimension set to values from
+    -limit to limit, the others held at one test image's z_mean. With no active dimension,
+    the one with the largest KL is shown."""
     mean_kl = kl_per_dimension(z_mean, z_log_var).mean(axis=0)
     order = np.argsort(-mean_kl)
     active = [d for d in order if mean_kl[d] > ACTIVE_UNIT_NATS]
-    dimensions = active or list(order[:1])
+    dimensions = (active or list(order[:1]))[:max_rows]
     values = np.linspace(-limit, limit, steps)
     z = np.repeat(z_mean[image_index][None], len(dimensions) * steps, axis=0).reshape(
         len(dimensions), steps, -1
@@ -294,7 +303,8 @@ def plot_traversals(
         row_labels,
         f"Each row: one latent dimension set to {-limit:g} ... {limit:g}, the others at test image "
         f"{image_index}'s z_mean\n({len(active)} of {z_mean.shape[1]} dimensions active (mean KL > "
-        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL)",
+        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL"
+        + (f"; the first {max_rows} shown)" if len(active) > max_rows else ")"),
         path,
     )
 
