@@ -250,10 +250,20 @@ class LogKLWeight(keras.callbacks.Callback):
             logs["kl_weight"] = float(keras.ops.convert_to_numpy(self.model.kl_weight))
 
 
+class LogBitsPerDimension(keras.callbacks.Callback):
+    """Logs the validation negative ELBO in bits per dimension as `val_bits_per_dim` (the
+    figure papers on colour images report): nats per image / (values per image x ln 2)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "val_loss" in logs:
+            logs["val_bits_per_dim"] = logs["val_loss"] / (self.model.dimensions * math.log(2))
+
+
 class TensorBoardImages(keras.callbacks.Callback):
     """Every `every` epochs, one card per picture in TensorBoard's Images tab, whose step
     slider then moves through the epochs: fixed test images above their reconstructions,
-    samples from the prior (the same z each time) and the latent-space scatter."""
+    samples from the prior (the same z each time) and the latent-space scatter; grey or in
+    colour, as the images are. `labels` and `class_names` are None for unlabelled images."""
 
     COLUMNS = 8  # images per row of a card
     GAP = 2  # grey pixels between the pictures of a card
@@ -267,9 +277,8 @@ class TensorBoardImages(keras.callbacks.Callback):
     def reconstructions_card(self, z_mean):
         """Rows of test images, each row above the same images' reconstructions."""
         originals = self.images[: self.shown]
-        reconstructions = plotting.decode(
-            self.model.decoder, z_mean[: self.shown], self.labels[: self.shown]
-        )
+        labels = None if self.labels is None else self.labels[: self.shown]
+        reconstructions = plotting.decode(self.model.decoder, z_mean[: self.shown], labels)
         rows = []
         for start in range(0, len(originals), self.COLUMNS):
             for pictures in (originals, reconstructions):

@@ -1,14 +1,27 @@
-"""Data: MNIST-style images from Keras' download cache or from the original IDX files.
+"""Data: the images a run learns, read from Keras' download cache or from the user's files.
 
-The IDX reader checks every header field against the file it reads, so a missing,
-truncated or corrupt file stops the program with one line that names the file,
-instead of a traceback or, worse, a silently wrong array.
+- MNIST and Fashion-MNIST: the original IDX files (gzip-compressed or not) or Keras' mnist.npz;
+- CIFAR-10: its official Python batches (or binary version): the folder, its parent or the
+  archive itself, read without ever running what a pickle asks to run;
+- a folder of PNG / JPEG images, one sub-folder per class or flat (unlabelled), read with
+  keras.utils.image_dataset_from_directory.
+
+Every reader checks what it reads against what the file claims, so a missing, truncated or
+corrupt file stops the program with one line that names the file, instead of a traceback
+or, worse, a silently wrong array. `load_images` turns any of them into what the model
+reads: float32 images in [0, 1] of shape (N, size, size, channels), with their labels.
 """
 
+import contextlib
 import gzip
+import io
 import os
+import pickle
+import pickletools
 import struct
+import tarfile
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +40,27 @@ CLASS_NAMES = {
         "Bag",
         "Ankle boot",
     ],
+    "cifar10": [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ],
 }
+# Every --dataset: the three above, and "folder", a folder of the user's own images.
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder")
+# Images as the data sets store them; a folder's are as its files are.
+STORED_COLOUR = {"mnist": "grey", "fashion_mnist": "grey", "cifar10": "rgb"}
+CHANNELS = {"grey": 1, "rgb": 3}
+# MNIST-style digits keep their pixels and are padded to the model's size; everything else
+# is resized to it.
+PADDED_DATASETS = ("mnist", "fashion_mnist")
 
 # The original distribution's file names, which `--data-dir` expects.
 IDX_FILES = {
@@ -121,8 +154,9 @@ def _check_pair(images, labels, images_path, labels_path):
         )
 
 
-def load_from_directory(data_dir):
-    """Read ((x_train, y_train), (x_test, y_test)) from IDX files or a Keras `.npz`."""
+def load_from_directory(data_dir, splits=("train", "test")):
+    """Read ((x_train, y_train), (x_test, y_test)) from IDX files or a Keras `.npz`; a split
+    left out of `splits` is not read from IDX files and comes back empty."""
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: --data-dir is not a directory")
     npz_path = os.path.join(data_dir, "mnist.npz")
@@ -130,15 +164,23 @@ def load_from_directory(data_dir):
         npz_path
     ):
         return _load_npz(npz_path)
-    splits = []
+    read = []
     for split in ("train", "test"):
+        if split not in splits:
+            read.append(_empty(ORIGINAL_SIZE, ORIGINAL_SIZE))
+            continue
         images_path = _find_file(data_dir, IDX_FILES[f"{split}_images"])
         labels_path = _find_file(data_dir, IDX_FILES[f"{split}_labels"])
         images = read_idx(images_path, IMAGES_MAGIC)
         labels = read_idx(labels_path, LABELS_MAGIC)
         _check_pair(images, labels, images_path, labels_path)
-        splits.append((images, labels))
-    return tuple(splits)
+        read.append((images, labels))
+    return tuple(read)
+
+
+def _empty(*shape):
+    """No images of this shape, and no labels: a split that was not asked for."""
+    return np.zeros((0, *shape), np.uint8), np.zeros(0, np.uint8)
 
 
 def _load_npz(path):
@@ -161,35 +203,578 @@ def load_from_keras(dataset):
     """Keras' own download, cached under $KERAS_HOME (default ~/.keras/datasets)."""
     import keras
 
-    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[dataset]
+    loader = {
+        "mnist": keras.datasets.mnist,
+        "fashion_mnist": keras.datasets.fashion_mnist,
+        "cifar10": keras.datasets.cifar10,
+    }[dataset]
     try:
-        return loader.load_data()
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # Keras raises a bare Exception when the download fails
+        offline = (
+            "CIFAR-10's Python batches (the folder cifar-10-batches-py, its parent, or "
+            "cifar-10-python.tar.gz)"
+            if dataset == "cifar10"
+            else "the four original IDX .gz files (or mnist.npz)"
+        )
         raise DataError(
-            f"could not download {dataset} ({str(error).splitlines()[0]}). Without internet, "
-            "pass --data-dir DIR with the four original IDX .gz files (or mnist.npz)"
+            f"could not download {dataset} ({_first_line(error)}). Without internet, "
+            f"pass --data-dir DIR with {offline}"
         ) from None
+    # CIFAR-10's labels come as a column (N, 1); every other reader gives them flat.
+    return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
+
+
+def _first_line(error):
+    return (str(error) or type(error).__name__).splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR-10: the official Python batches (or binary records), never unpickled blindly
+# ---------------------------------------------------------------------------------------
+
+CIFAR10_FORMATS = {
+    # The Python version: pickled dicts, as in Keras' download cache.
+    "python": {
+        "folder": "cifar-10-batches-py",
+        "archive": "cifar-10-python.tar.gz",
+        "train": [f"data_batch_{number}" for number in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": "batches.meta",
+    },
+    # The binary version: fixed records of a label byte and the image's bytes.
+    "binary": {
+        "folder": "cifar-10-batches-bin",
+        "archive": "cifar-10-binary.tar.gz",
+        "train": [f"data_batch_{number}.bin" for number in range(1, 6)],
+        "test": ["test_batch.bin"],
+        "meta": "batches.meta.txt",
+    },
+}
+CIFAR10_SIZE = 32
+CIFAR10_IMAGE_BYTES = 3 * CIFAR10_SIZE * CIFAR10_SIZE  # red, green and blue planes, row by row
+# A batch of 10,000 images holds 30.7 MB of pixels, about 31 MB with its labels and file
+# names. A larger file is not a CIFAR-10 batch, and is refused before it is read.
+CIFAR10_MAX_FILE_BYTES = 32 << 20
+
+
+class _Refused(Exception):
+    """A pickle asked for something a CIFAR-10 batch never holds."""
+
+
+class _ArrayType:
+    """Stands for `numpy.ndarray` in a CIFAR-10 pickle."""
+
+
+class _ByteType:
+    """Stands for `numpy.dtype('u1', 0, 1)`, the one dtype a CIFAR-10 batch holds."""
+
+    def __init__(self, name, align=0, copy=1):
+        if name not in (b"u1", "u1"):
+            raise _Refused(f"an array of dtype {name!r}")
+        self.checked = True
+
+    def __setstate__(self, state):
+        pass  # byte order and flags: the same for every one-byte type
+
+
+class _ArrayStandIn:
+    """Stands for the array numpy's `_reconstruct` starts; the BUILD that follows gives it
+    (version, shape, dtype, fortran order, raw bytes), and the bytes become a uint8 array."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise _Refused("an array in a layout numpy's pickles do not use")
+        _, shape, dtype, fortran_order, raw = state
+        if not getattr(dtype, "checked", False) or fortran_order is not False:
+            raise _Refused("an array that is not of C-ordered bytes")
+        if not (
+            isinstance(shape, tuple)
+            and all(isinstance(size, int) and size >= 0 for size in shape)
+            and isinstance(raw, bytes)
+            and np.prod(shape, dtype=object) == len(raw)
+        ):
+            raise _Refused(f"an array whose shape {shape} does not fit its bytes")
+        self.array = np.frombuffer(raw, np.uint8).reshape(shape)
+
+
+def _reconstruct(array_type, shape, typecode):
+    if array_type is not _ArrayType:
+        raise _Refused("an array of another type than numpy.ndarray")
+    return _ArrayStandIn()
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's Python-2 pickles without running anything they name.
+
+    A pickle can name any importable function and call it while loading. These files name
+    only numpy's array reconstruction; here each such name stands for a small class that
+    checks its arguments and makes a uint8 array from bytes, and any other name is refused
+    before anything runs. Python 2's strings are read as bytes, as Keras reads them.
+    """
+
+    stand_ins = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _ArrayType,
+        ("numpy", "dtype"): _ByteType,
+    }
+
+    def __init__(self, file):
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module, name):
+        if (module, name) not in self.stand_ins:
+            raise _Refused(f"{module}.{name}")
+        return self.stand_ins[(module, name)]
+
+    def persistent_load(self, persistent_id):
+        raise _Refused("a persistent object")
+
+
+def read_cifar10_pickle(payload, path):
+    """The dict a CIFAR-10 Python batch (or batches.meta) holds, keys as text: its values
+    bytes, ints, lists of them, or a uint8 array. Anything else is refused."""
+    try:
+        # The opcodes alone first: pickletools checks each declared length against the bytes
+        # the file holds, where the unpickler would first set aside as many as a length claims.
+        stop = max((position for _, _, position in pickletools.genops(payload)), default=-1)
+        if stop + 1 != len(payload):
+            raise ValueError(f"{len(payload) - stop - 1:,} bytes after the pickle's end")
+        loaded = CifarUnpickler(io.BytesIO(payload)).load()
+    except _Refused as refused:
+        raise DataError(
+            f"{path}: refused: the file asks for {refused}, which no CIFAR-10 batch holds; "
+            "it is not an original CIFAR-10 file, so it was not loaded"
+        ) from None
+    except Exception as error:  # whatever the broken bytes make pickle raise
+        raise DataError(
+            f"{path}: not a readable CIFAR-10 batch ({_first_line(error)}): the file is "
+            "truncated or corrupt; download it again"
+        ) from None
+    if not isinstance(loaded, dict) or not all(isinstance(key, bytes) for key in loaded):
+        raise DataError(f"{path}: not a CIFAR-10 batch (it holds no dict of named entries)")
+
+    def allowed(value):
+        return isinstance(value, (bytes, int)) and not isinstance(value, bool)
+
+    entries = {}
+    for key, value in loaded.items():
+        if isinstance(value, _ArrayStandIn) and value.array is not None:
+            value = value.array
+        elif not (allowed(value) or (isinstance(value, list) and all(map(allowed, value)))):
+            raise DataError(
+                f"{path}: not a CIFAR-10 batch (its entry {key!r} holds a {type(value).__name__})"
+            )
+        entries[key.decode("utf-8", "replace")] = value
+    return entries
+
+
+def _cifar10_file_reader(folder):
+    def read(name):
+        path = os.path.join(folder, name)
+        try:
+            size = os.path.getsize(path)
+            if size > CIFAR10_MAX_FILE_BYTES:
+                raise DataError(
+                    f"{path}: {size:,} bytes, more than a CIFAR-10 batch holds; not a CIFAR-10 file"
+                )
+            with open(path, "rb") as file:
+                return path, file.read()
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except OSError as error:
+            raise DataError(f"{path}: cannot read file ({error.strerror})") from None
+
+    return read
+
+
+def _cifar10_archive_reader(path, names):
+    """The files `names` in CIFAR-10's .tar.gz, read into memory (nothing is extracted to disk)
+    and checked for size first; the format is whichever the archive holds."""
+    wanted = {name for spec in CIFAR10_FORMATS.values() for name in names(spec)}
+    found = {}
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                name = os.path.basename(member.name)
+                if name not in wanted or not member.isfile():
+                    continue
+                if member.size > CIFAR10_MAX_FILE_BYTES:
+                    raise DataError(
+                        f"{path}: {member.name} declares {member.size:,} bytes, more than a "
+                        "CIFAR-10 batch holds; not a CIFAR-10 archive"
+                    )
+                found[name] = (f"{path}:{member.name}", archive.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(
+            f"{path}: not a readable CIFAR-10 archive ({_first_line(error)}); download it again"
+        ) from None
+    for kind, spec in CIFAR10_FORMATS.items():
+        if any(name in found for name in names(spec)):
+
+            def read(name, folder=spec["folder"]):
+                if name not in found:
+                    raise DataError(f"{path}: the archive holds no {folder}/{name}")
+                return found[name]
+
+            return kind, read
+    raise DataError(
+        f"{path}: no CIFAR-10 batches in this archive; give --data-dir the official "
+        "cifar-10-python.tar.gz, the folder cifar-10-batches-py or its parent"
+    )
+
+
+def _cifar10_source(data_dir, names):
+    """(format, read): `read(name)` gives (path for messages, bytes) of one of CIFAR-10's
+    files, whether --data-dir is the batches folder, its parent, the archive or a folder
+    that holds the archive."""
+    if os.path.isfile(data_dir):
+        return _cifar10_archive_reader(data_dir, names)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: --data-dir is neither a folder nor a file")
+    for kind, spec in CIFAR10_FORMATS.items():
+        for folder in (data_dir, os.path.join(data_dir, spec["folder"])):
+            if any(os.path.exists(os.path.join(folder, name)) for name in names(spec)):
+                return kind, _cifar10_file_reader(folder)
+        if os.path.isfile(os.path.join(data_dir, spec["archive"])):
+            return _cifar10_archive_reader(os.path.join(data_dir, spec["archive"]), names)
+    raise DataError(
+        f"{data_dir}: no CIFAR-10 batches there; give --data-dir the folder cifar-10-batches-py "
+        "(data_batch_1 ... data_batch_5, test_batch, batches.meta), its parent, or the archive "
+        "cifar-10-python.tar.gz (the binary version's cifar-10-batches-bin works too)"
+    )
+
+
+def _cifar10_batch(kind, read, name):
+    """uint8 images (N, 32, 32, 3) and labels of one batch file, checked."""
+    path, payload = read(name)
+    if kind == "binary":
+        record = 1 + CIFAR10_IMAGE_BYTES
+        if not payload or len(payload) % record:
+            raise DataError(
+                f"{path}: {len(payload):,} bytes is not a whole number of {record:,}-byte "
+                "CIFAR-10 records; the file is truncated or not a CIFAR-10 binary batch"
+            )
+        records = np.frombuffer(payload, np.uint8).reshape(-1, record)
+        rows, labels = records[:, 1:], records[:, 0]
+    else:
+        batch = read_cifar10_pickle(payload, path)
+        rows, labels = batch.get("data"), batch.get("labels")
+        if not (isinstance(rows, np.ndarray) and rows.ndim == 2):
+            raise DataError(f"{path}: not a CIFAR-10 batch (no 'data' array of images)")
+        if rows.shape[1] != CIFAR10_IMAGE_BYTES or not len(rows):
+            raise DataError(
+                f"{path}: its 'data' array has shape {rows.shape}, expected (images, "
+                f"{CIFAR10_IMAGE_BYTES}) for 32x32 colour images"
+            )
+        if not isinstance(labels, list) or len(labels) != len(rows):
+            count = len(labels) if isinstance(labels, list) else "no"
+            raise DataError(
+                f"{path}: {count} labels for {len(rows)} images; the file is not a whole "
+                "CIFAR-10 batch"
+            )
+        if not all(0 <= label < NUM_CLASSES for label in labels):
+            raise DataError(f"{path}: a label is out of range 0-{NUM_CLASSES - 1}")
+        labels = np.array(labels, np.uint8)
+    if labels.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: label {labels.max()} is out of range 0-{NUM_CLASSES - 1}")
+    images = rows.reshape(-1, 3, CIFAR10_SIZE, CIFAR10_SIZE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _cifar10_class_names(kind, read):
+    path, payload = read(CIFAR10_FORMATS[kind]["meta"])
+    if kind == "binary":
+        names = [line.strip() for line in payload.decode("utf-8", "replace").splitlines()]
+        names = [name for name in names if name]
+    else:
+        names = read_cifar10_pickle(payload, path).get("label_names")
+        if not isinstance(names, list) or not all(isinstance(name, bytes) for name in names):
+            raise DataError(f"{path}: not CIFAR-10's batches.meta (no list of label_names)")
+        names = [name.decode("utf-8", "replace") for name in names]
+    if len(names) != NUM_CLASSES:
+        raise DataError(f"{path}: {len(names)} class names, expected CIFAR-10's {NUM_CLASSES}")
+    return names
+
+
+def load_cifar10(data_dir, splits=("train", "test")):
+    """((x_train, y_train), (x_test, y_test)) and the class names of CIFAR-10's own files:
+    uint8 images (N, 32, 32, 3), uint8 labels. A split left out of `splits` is not read."""
+
+    def names(spec):
+        return [spec["meta"]] + [name for split in splits for name in spec[split]]
+
+    kind, read = _cifar10_source(data_dir, names)
+    class_names = _cifar10_class_names(kind, read)
+    read_splits = []
+    for split in ("train", "test"):
+        if split not in splits:
+            read_splits.append(_empty(CIFAR10_SIZE, CIFAR10_SIZE, 3))
+            continue
+        batches = [_cifar10_batch(kind, read, name) for name in CIFAR10_FORMATS[kind][split]]
+        read_splits.append(tuple(np.concatenate(parts) for parts in zip(*batches, strict=True)))
+    return tuple(read_splits), class_names
+
+
+# ---------------------------------------------------------------------------------------
+# A folder of images: keras.utils.image_dataset_from_directory
+# ---------------------------------------------------------------------------------------
+
+# The files image_dataset_from_directory reads; others in the folder are left alone.
+IMAGE_FILE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"), verbose=True):
+    """((x_train, y_train), (x_test, y_test)) and the class names of a folder of images:
+    uint8 (N, size, size, 3), each image resized to fit `image_size` with its shape kept
+    (padded black), the files split into train and test at random by `seed`.
+
+    One sub-folder per class gives the labels (the sub-folders' names, sorted); images
+    directly in `folder` are an unlabelled set (labels and class names None). Files that
+    cannot be decoded are left out and counted, not a reason to stop.
+    """
+    import keras
+
+    if folder is None:
+        raise DataError("--dataset folder needs --data-dir DIR, the folder of your images")
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: --data-dir is not a folder")
+    entries = [entry for entry in os.scandir(folder) if not entry.name.startswith(".")]
+    labelled = any(entry.is_dir() for entry in entries)
+    if labelled and any(entry.name.lower().endswith(IMAGE_FILE_TYPES) for entry in entries):
+        raise DataError(
+            f"{folder} holds images beside sub-folders: put each image in its class's "
+            "sub-folder, or, for images without classes, all of them directly in the folder"
+        )
+    try:
+        # Keras prints its split in its own words ("validation"); the summary below says it.
+        with contextlib.redirect_stdout(io.StringIO()):
+            train, test = keras.utils.image_dataset_from_directory(
+                folder,
+                labels="inferred" if labelled else None,
+                label_mode="int" if labelled else None,
+                color_mode="rgb",  # grey files come as three equal channels; load_images sees
+                batch_size=None,
+                image_size=(image_size, image_size),
+                shuffle=True,
+                seed=seed,
+                validation_split=test_split,
+                subset="both",
+                # Pictures are mostly shrunk to the model's size: "area" averages the pixels
+                # it merges, where "bilinear" would skip some and alias fine detail.
+                interpolation="area",
+                pad_to_aspect_ratio=True,
+                verbose=False,
+            )
+    except ValueError:  # no images, or too few to hold out a test set
+        count = sum(
+            name.lower().endswith(IMAGE_FILE_TYPES)
+            for _, _, names in os.walk(folder)
+            for name in names
+        )
+        if not count:
+            raise DataError(
+                f"{folder}: no PNG, JPEG, BMP or GIF images found in it or its sub-folders"
+            ) from None
+        raise DataError(
+            f"{folder}: {count} images are too few to hold out --test-split {test_split:g} of "
+            "them as a test set; add images or raise --test-split"
+        ) from None
+    read, unreadable = [], 0
+    for split, dataset in (("train", train), ("test", test)):
+        if split not in splits:
+            read.append(_empty(image_size, image_size, 3))
+            continue
+        images, labels = _decode_all(dataset, labelled)
+        unreadable += len(dataset.file_paths) - len(images)
+        if not len(images):
+            raise DataError(
+                f"{folder}: none of the {len(dataset.file_paths)} {split} files could be read as "
+                "images; are they PNG, JPEG, BMP or GIF files?"
+            )
+        read.append((images, labels))
+    if verbose:
+        kinds = f"{len(train.class_names)} classes" if labelled else "no classes (no sub-folders)"
+        print(
+            f"Read {folder}: {len(read[0][0]):,} training and {len(read[1][0]):,} test images, "
+            f"{kinds}"
+            + (
+                f"; left out {unreadable:,} file{'s' if unreadable > 1 else ''} that could not "
+                "be read as images"
+                if unreadable
+                else ""
+            )
+        )
+    return tuple(read), (train.class_names if labelled else None)
+
+
+def _decode_all(dataset, labelled):
+    """Every image (rounded to uint8) and label of an image_dataset_from_directory split,
+    without those whose file cannot be decoded."""
+    images, labels = [], []
+    for batch in dataset.ignore_errors().batch(512).as_numpy_iterator():
+        pixels = batch[0] if labelled else batch
+        images.append(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+        if labelled:
+            labels.append(batch[1])
+    if not images:
+        return np.zeros((0, 0, 0, 3), np.uint8), None
+    return np.concatenate(images), np.concatenate(labels) if labelled else None
+
+
+# ---------------------------------------------------------------------------------------
+# From the files to what the model reads
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageData:
+    """A data set as the model reads it: float32 images in [0, 1] of shape (N, size, size,
+    channels), their integer labels and the class names (None for unlabelled images)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    test_images: np.ndarray
+    test_labels: np.ndarray | None
+    class_names: list | None
+
+    @property
+    def colour(self):
+        return "grey" if self.test_images.shape[-1] == 1 else "rgb"
+
+    @property
+    def num_classes(self):
+        return len(self.class_names) if self.class_names else 0
+
+
+def load_images(
+    dataset,
+    data_dir=None,
+    limit=None,
+    *,
+    image_size,
+    colour="auto",
+    seed=0,
+    test_split=0.2,
+    test_only=False,
+    verbose=True,
+):
+    """The data set `dataset` (one of DATASETS) as the model reads it (ImageData).
+
+    MNIST-style digits are padded to `image_size`; CIFAR-10 and a folder's images are
+    resized to it. `colour` "grey" or "rgb" converts the images to it; "auto" keeps the
+    data's own (a folder: grey if every image is). `seed` and `test_split` split a folder
+    into train and test. `test_only`: the training split is not read (and comes back empty).
+    """
+    splits = ("test",) if test_only else ("train", "test")
+    if dataset == "folder":
+        (train, test), class_names = read_folder(
+            data_dir, image_size, seed=seed, test_split=test_split, splits=splits, verbose=verbose
+        )
+    else:
+        (train, test), class_names = _read_dataset(dataset, data_dir, splits)
+    train, test = _limited(train, test, limit)
+    train, test = ((_with_channels(images), labels) for images, labels in (train, test))
+    if colour == "auto":
+        colour = STORED_COLOUR.get(dataset) or (
+            "grey" if is_grey(train[0]) and is_grey(test[0]) else "rgb"
+        )
+    prepared = []
+    for images, labels in (train, test):
+        images = convert_colour(images, colour)
+        if dataset not in PADDED_DATASETS and images.shape[1] != image_size:
+            images = resize_images(images, image_size)
+        prepared.append((prepare_images(images, image_size), labels if class_names else None))
+    (train_images, train_labels), (test_images, test_labels) = prepared
+    return ImageData(train_images, train_labels, test_images, test_labels, class_names)
+
+
+def _read_dataset(dataset, data_dir, splits):
+    if dataset not in STORED_COLOUR:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "cifar10" and data_dir:
+        return load_cifar10(data_dir, splits)
+    if data_dir:
+        return load_from_directory(data_dir, splits), CLASS_NAMES[dataset]
+    return load_from_keras(dataset), CLASS_NAMES[dataset]
+
+
+def _limited(train, test, limit):
+    if not limit:
+        return train, test
+    # A sixth, as 10,000 test images are to 60,000 training images.
+    test_limit = limit // 6
+    if test_limit == 0:
+        raise DataError(f"--limit {limit} leaves no test images; use --limit 6 or more")
+    return tuple(
+        tuple(None if part is None else part[:count] for part in split)
+        for split, count in ((train, limit), (test, test_limit))
+    )
 
 
 def load_dataset(dataset, data_dir=None, limit=None):
-    """Train and test arrays (uint8 images N x 28 x 28, uint8 labels), optionally cut to `limit`."""
-    if dataset not in CLASS_NAMES:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(CLASS_NAMES)}")
-    (x_train, y_train), (x_test, y_test) = (
-        load_from_directory(data_dir) if data_dir else load_from_keras(dataset)
-    )
-    if limit:
-        # A sixth, as 10,000 test images are to 60,000 training images.
-        test_limit = limit // 6
-        if test_limit == 0:
-            raise DataError(f"--limit {limit} leaves no test images; use --limit 6 or more")
-        x_train, y_train = x_train[:limit], y_train[:limit]
-        x_test, y_test = x_test[:test_limit], y_test[:test_limit]
-    return (x_train, y_train), (x_test, y_test)
+    """Train and test arrays as MNIST, Fashion-MNIST or CIFAR-10 store them (uint8 images
+    N x 28 x 28, or N x 32 x 32 x 3 for CIFAR-10; uint8 labels), optionally cut to `limit`.
+    A folder of images needs `load_images`, which knows the size to bring them to."""
+    (train, test), _ = _read_dataset(dataset, data_dir, ("train", "test"))
+    return _limited(train, test, limit)
+
+
+def _with_channels(images):
+    """(N, H, W) -> (N, H, W, 1); images with a channel axis are left as they are."""
+    return images[..., np.newaxis] if images.ndim == 3 else images
+
+
+def is_grey(images):
+    """True for one channel, or three equal ones (a grey picture saved in colour)."""
+    if images.shape[-1] == 1:
+        return True
+    return bool(np.all(images[..., :1] == images[..., 1:]))
+
+
+def convert_colour(images, colour):
+    """uint8 images (N, H, W, C) as `colour`: "grey" (one channel) or "rgb" (three)."""
+    channels = images.shape[-1]
+    if colour == "rgb" and channels == 1:
+        return np.repeat(images, 3, axis=-1)
+    if colour == "grey" and channels == 3:
+        # ITU-R BT.601 luma: the weights of PIL's and TensorFlow's own grey conversions.
+        luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., np.newaxis]
+    return images
+
+
+def resize_images(images, image_size, chunk=2048):
+    """uint8 (N, H, W, C) -> uint8 (N, size, size, C): bilinear, antialiased when shrinking,
+    rounded back to 8 bits (the likelihoods model 256 levels)."""
+    import tensorflow as tf
+
+    resized = [
+        np.clip(
+            np.round(
+                tf.image.resize(
+                    images[start : start + chunk],
+                    (image_size, image_size),
+                    method="bilinear",
+                    antialias=True,
+                ).numpy()
+            ),
+            0,
+            255,
+        ).astype(np.uint8)
+        for start in range(0, len(images), chunk)
+    ]
+    if not resized:
+        return np.zeros((0, image_size, image_size, images.shape[-1]), np.uint8)
+    return np.concatenate(resized)
 
 
 def prepare_images(images, image_size):
-    """uint8 (N, 28, 28) -> float32 (N, size, size, 1) in [0, 1], zero-padded evenly."""
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, size, size, C) in [0, 1], zero-padded
+    evenly to `image_size` (a channel axis of 1 added to grey images without one)."""
+    images = _with_channels(images)
     padding = image_size - images.shape[1]
     if padding < 0 or padding % 2:
         raise ValueError(
@@ -197,16 +782,18 @@ def prepare_images(images, image_size):
             "from it by an even number of pixels"
         )
     half = padding // 2
-    padded = np.pad(images, ((0, 0), (half, half), (half, half)))
-    return (padded.astype(np.float32) / 255.0)[..., np.newaxis]
+    padded = np.pad(images, ((0, 0), (half, half), (half, half), (0, 0)))
+    return padded.astype(np.float32) / 255.0
 
 
-def one_hot(labels):
-    """Labels 0-9 as float32 one-hot rows, the conditional VAE's second input."""
-    return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+def one_hot(labels, num_classes=NUM_CLASSES):
+    """Integer labels as float32 one-hot rows, the conditional VAE's second input."""
+    return np.eye(num_classes, dtype=np.float32)[labels]
 
 
-def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
+def make_dataset(
+    images, batch_size, shuffle=False, seed=None, labels=None, num_classes=NUM_CLASSES
+):
     """A tf.data pipeline of image batches, reshuffled every epoch when training.
 
     With `labels` (a conditional VAE) each element is `((images, one_hot_labels),)`: the
@@ -214,7 +801,7 @@ def make_dataset(images, batch_size, shuffle=False, seed=None, labels=None):
     """
     import tensorflow as tf
 
-    elements = images if labels is None else ((images, one_hot(labels)),)
+    elements = images if labels is None else ((images, one_hot(labels, num_classes)),)
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)

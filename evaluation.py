@@ -5,12 +5,20 @@ For each image, K latent samples z_k are drawn from q(z|x) and decoded in one ba
     negative ELBO = mean_k[-log p(x|z_k)] + KL(q(z|x) || p(z))     (KL exact, as in training)
     importance-weighted NLL = -(logsumexp_k log w_k - log K)
 The IW estimate is a tighter bound: it falls towards the true -log p(x) as K grows
-(Burda et al., 2016). Everything is in nats per image, Bernoulli pixels, as the loss.
+(Burda et al., 2016). Everything is in nats per image, with the model's likelihood, as the
+loss; and in bits per dimension, the figure papers on colour images report:
+    bits per dimension = nats per image / (values per image x ln 2)
+With the discretized logistic, p(x|z) is a probability of the 8-bit values, and the figure
+is a true code length. The Bernoulli cross-entropy against a grey level x is not -log of a
+probability of the 256 levels: p^x (1 - p)^(1 - x) summed over them is not 1 (for p = 0.5
+it is 128). Its figure, converted the same way, compares runs with one another, not with
+the bits per dimension that papers report.
 
-Two more figures put these in context. The data's floor: the cross-entropy against a
-grey-level target x can never fall below the target's own Bernoulli entropy
--(x log x + (1 - x) log(1 - x)), so no model reaches 0 nats. Active units: a latent
-dimension whose KL term is ~0 for every image carries no information (posterior collapse).
+Two more figures put these in context. The data's floor (Bernoulli only): the
+cross-entropy against a grey-level target x can never fall below the target's own
+Bernoulli entropy -(x log x + (1 - x) log(1 - x)), so no model reaches 0 nats. Active
+units: a latent dimension whose KL term is ~0 for every image carries no information
+(posterior collapse).
 """
 
 import math
@@ -45,6 +53,11 @@ def kl_per_dimension(z_mean, z_log_var):
     return keras.ops.convert_to_numpy(per_dimension)
 
 
+def bits_per_dimension(nats_per_image, dimensions):
+    """Nats per image as bits per dimension: divided by the values per image and by ln 2."""
+    return nats_per_image / (dimensions * math.log(2))
+
+
 def active_units(mean_kl_per_dimension, threshold=ACTIVE_UNIT_NATS):
     """How many latent dimensions have a mean KL (over the images) above `threshold` nats."""
     return int(np.sum(np.asarray(mean_kl_per_dimension) > threshold))
@@ -59,7 +72,8 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     """Negative ELBO (with its parts) and IW negative log-likelihood on `images`.
 
     A conditional VAE needs the `labels`; the figures are then of -log p(x | label).
-    Also: each latent dimension's mean KL, the number of active units and the data's floor.
+    Also: both in bits per dimension, each latent dimension's mean KL, the number of active
+    units and, for a Bernoulli likelihood, the data's floor.
     """
     rng = np.random.default_rng(seed)
     reconstruction, kl, iw_nll = [], [], []
@@ -67,7 +81,11 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
     for start in range(0, len(images), images_per_batch):
         batch = images[start : start + images_per_batch]
-        conditions = one_hot(labels[start : start + images_per_batch]) if vae.conditional else None
+        conditions = (
+            one_hot(labels[start : start + images_per_batch], vae.num_classes)
+            if vae.conditional
+            else None
+        )
         encoded = vae.encoder.predict_on_batch([batch, conditions] if vae.conditional else batch)
         z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoded)
         epsilon = rng.standard_normal((len(batch), samples, z_mean.shape[1]))
@@ -79,9 +97,9 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
             [z, np.repeat(conditions, samples, axis=0)] if vae.conditional else z
         )
         repeated = np.repeat(batch, samples, axis=0)
-        nats = keras.ops.convert_to_numpy(reconstruction_nats(repeated, logits)).reshape(
-            len(batch), samples
-        )
+        nats = keras.ops.convert_to_numpy(
+            reconstruction_nats(repeated, logits, vae.likelihood)
+        ).reshape(len(batch), samples)
         z = z.reshape(len(batch), samples, -1).astype(np.float64)
         log_weights = (
             -nats.astype(np.float64)
@@ -96,14 +114,21 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     reconstruction, kl, iw_nll = (np.concatenate(parts) for parts in (reconstruction, kl, iw_nll))
     mean_kl_per_dimension = kl.mean(axis=0)
     kl = kl.sum(axis=1)
+    negative_elbo, iw_nll = float(np.mean(reconstruction + kl)), float(np.mean(iw_nll))
     return {
-        "negative_elbo": float(np.mean(reconstruction + kl)),
+        "negative_elbo": negative_elbo,
         "reconstruction_loss": float(np.mean(reconstruction)),
         "kl_loss": float(np.mean(kl)),
         "kl_per_dimension": [round(float(value), 4) for value in mean_kl_per_dimension],
         "active_units": active_units(mean_kl_per_dimension),
-        "data_entropy_floor": data_entropy_floor(images),
-        "iw_nll": float(np.mean(iw_nll)),
+        "data_entropy_floor": (
+            data_entropy_floor(images) if vae.likelihood == "bernoulli" else None
+        ),
+        "iw_nll": iw_nll,
+        "bits_per_dim": bits_per_dimension(negative_elbo, vae.dimensions),
+        "iw_bits_per_dim": bits_per_dimension(iw_nll, vae.dimensions),
+        "likelihood": vae.likelihood,
+        "dimensions": vae.dimensions,
         "iw_samples": samples,
         "images": len(images),
         "seconds": round(time.perf_counter() - started, 1),
@@ -116,6 +141,8 @@ SUMMARY_FIGURES = (
     "reconstruction_loss",
     "kl_loss",
     "iw_nll",
+    "bits_per_dim",
+    "iw_bits_per_dim",
     "active_units",
     "data_entropy_floor",
 )
@@ -143,7 +170,8 @@ def write_tensorboard_summary(run_dir, settings, metrics, training):
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "evaluation"))
     with writer.as_default():
         for name in SUMMARY_FIGURES:
-            tf.summary.scalar(f"test/{name}", metrics[name], step=step)
+            if metrics.get(name) is not None:  # the data's floor is the Bernoulli's alone
+                tf.summary.scalar(f"test/{name}", metrics[name], step=step)
         if "training_seconds" in training:
             tf.summary.scalar("training/seconds", training["training_seconds"], step=step)
     writer.close()

@@ -1,8 +1,10 @@
-"""Train a convolutional Variational Autoencoder (VAE) on MNIST.
+"""Train a convolutional Variational Autoencoder (VAE) on MNIST, CIFAR-10 or your own images.
 
     python main.py                                  # MNIST via Keras' download cache
     python main.py --data-dir path/to/mnist         # offline, from the four original IDX files
     python main.py --dataset fashion_mnist --conditional   # clothes, one decoder per class
+    python main.py --dataset cifar10                # colour photos (docs/colour.md)
+    python main.py --dataset folder --data-dir DIR  # your own PNG / JPEG images
     python main.py --evaluate-only                  # evaluate and plot the saved model again
     python main.py --distribute mirrored            # every local GPU (docs/distributed.md)
     KERAS_BACKEND=jax python main.py                # or torch: the same program on another backend
@@ -10,9 +12,11 @@
 
 MNIST digits are padded from 28x28 to 32x32 and scaled to [0, 1]. A conv encoder maps
 each image to z_mean and z_log_var; the Sampling layer draws z with the
-reparameterisation trick; a Conv2DTranspose decoder maps z back to pixel probabilities.
-The VAE minimises binary cross-entropy summed over pixels plus the KL divergence: the
-negative ELBO, in nats per image. The 10,000 test images are the validation set.
+reparameterisation trick; a Conv2DTranspose decoder maps z back to the parameters of
+p(x|z), for each pixel and channel: Bernoulli probabilities (grey images), or a discretized
+logistic over the 256 levels of 8-bit colour. The VAE minimises -log p(x|z) summed over the
+pixels plus the KL divergence: the negative ELBO, in nats per image (and bits per
+dimension). The test images are the validation set.
 
 Outputs (under --output-dir, default here):
     checkpoint.keras                 best epoch so far (lowest val_loss)
@@ -59,6 +63,7 @@ import plotting
 from callbacks import (
     AtomicModelCheckpoint,
     FiniteBackupAndRestore,
+    LogBitsPerDimension,
     LogKLWeight,
     StopOnSignal,
     TensorBoardImages,
@@ -82,7 +87,7 @@ from run_folder import (
     save_models,
     write_atomically,
 )
-from vae import FusedAdam, build_vae, fastest_dtype_policy
+from vae import LIKELIHOOD_PARAMETERS, FusedAdam, build_vae, fastest_dtype_policy
 
 """
 ## Config
@@ -113,12 +118,10 @@ def non_negative_float(text):
     return value
 
 
-def class_index(text):
-    value = int(text)
-    if not 0 <= value < data.NUM_CLASSES:
-        raise argparse.ArgumentTypeError(
-            f"must be a class index from 0 to {data.NUM_CLASSES - 1}, got {text}"
-        )
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text}")
     return value
 
 
@@ -134,23 +137,65 @@ def setting(default, help, type=None, choices=None):
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
 
 
+# Settings whose best value depends on the images' colour, for a run that leaves them unset:
+# grey digits and clothes are drawn in a 2-D latent space with the classic Bernoulli loss;
+# colour photos need more than two numbers, and a likelihood of their 8-bit values.
+COLOUR_DEFAULTS = {
+    "grey": {"latent_dim": 2, "likelihood": "bernoulli"},
+    "rgb": {"latent_dim": 128, "likelihood": "discretized_logistic"},
+}
+
+
 @dataclass
 class Config:
     # Data
-    dataset: str = setting("mnist", "which images to learn", choices=sorted(data.CLASS_NAMES))
+    dataset: str = setting(
+        "mnist",
+        "which images to learn: folder is a folder of your own images (--data-dir)",
+        choices=list(data.DATASETS),
+    )
     data_dir: str = setting(
         None,
-        "folder with the four IDX files (or mnist.npz) for offline use; default: Keras' download",
+        "offline data: the four IDX files (or mnist.npz); CIFAR-10's cifar-10-batches-py, its "
+        "parent or cifar-10-python.tar.gz; for --dataset folder, the folder of images (one "
+        "sub-folder per class, or none). Default: Keras' download",
     )
     limit: int = setting(
         None, "use only the first N training and N // 6 test images (quick tries)", positive_int
     )
     image_size: int = setting(
-        32, "pad the 28x28 images to this size; a multiple of 4 (two stride-2 layers)", positive_int
+        32,
+        "the model's image size, a multiple of 4 (two stride-2 layers): MNIST's 28x28 digits "
+        "are padded to it, other images resized",
+        positive_int,
+    )
+    colour: str = setting(
+        "auto",
+        "grey (one channel) or rgb (three): images are converted to it; auto keeps the data's "
+        "own (a folder is grey if every image is)",
+        choices=["auto", "grey", "rgb"],
+    )
+    test_split: float = setting(
+        0.2,
+        "--dataset folder: the share of its images held out, by --seed, as the test set",
+        fraction,
     )
     # Model
     latent_dim: int = setting(
-        2, "dimensions of z; 2 lets the latent space be drawn directly", positive_int
+        None,
+        f"dimensions of z; default {COLOUR_DEFAULTS['grey']['latent_dim']} for grey images "
+        "(the latent space drawn directly), "
+        f"{COLOUR_DEFAULTS['rgb']['latent_dim']} for colour ones (above 2 the plots show "
+        "principal components and traversals)",
+        positive_int,
+    )
+    likelihood: str = setting(
+        "auto",
+        "p(x|z): bernoulli (cross-entropy of grey levels, the classic MNIST loss) or "
+        "discretized_logistic (a probability for each of the 256 levels of 8-bit data); auto: "
+        f"{COLOUR_DEFAULTS['grey']['likelihood']} for grey images, "
+        f"{COLOUR_DEFAULTS['rgb']['likelihood']} for colour ones",
+        choices=["auto", *LIKELIHOOD_PARAMETERS],
     )
     filters: int = setting(
         32, "channels of the first convolution (the second has twice as many)", positive_int
@@ -228,7 +273,7 @@ class Config:
     plot_class: int = setting(
         None,
         "conditional, 2-D latent: draw the manifold of this class only (default: every class)",
-        class_index,
+        non_negative_int,
     )
     image_every: int = setting(
         1,
@@ -238,11 +283,18 @@ class Config:
     )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help with its default, except where the default is None: those helps
+    say what happens without the flag."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     """Map the command line onto Config: one flag per field, with its comment as help."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     for config_field in dataclasses.fields(Config):
         flag = "--" + config_field.name.replace("_", "-")
@@ -273,31 +325,75 @@ def parse_args(argv=None):
         # --evaluate-only checks it against the saved model, which says what it is.
         if not config.conditional:
             parser.error("--plot-class draws one class of a conditional VAE: add --conditional")
-        if config.latent_dim != 2:
+        if config.latent_dim not in (None, 2):
             parser.error("--plot-class draws a class's 2-D manifold: it needs --latent-dim 2")
-    if config.image_size % 4 or config.image_size < data.ORIGINAL_SIZE:
+    # Digits are padded to the size, so it cannot be below theirs; other images are resized.
+    smallest = data.ORIGINAL_SIZE if config.dataset in data.PADDED_DATASETS else 4
+    if config.image_size % 4 or config.image_size < smallest:
         parser.error(
-            f"--image-size must be a multiple of 4 and at least {data.ORIGINAL_SIZE}, "
-            f"got {config.image_size}"
+            f"--image-size must be a multiple of 4 and at least {smallest} for --dataset "
+            f"{config.dataset}, got {config.image_size}"
         )
     return config
+
+
+def settled(config, colour=None):
+    """`config` with the settings left to the data filled in: the images' `colour` (as
+    loaded; MNIST's, Fashion-MNIST's and CIFAR-10's is known from their name), then the
+    latent size and likelihood for that colour (COLOUR_DEFAULTS)."""
+    if config.colour == "auto":
+        colour = colour or data.STORED_COLOUR.get(config.dataset)
+        if colour is None:
+            raise ValueError("a folder's colour is known once it is read: pass its images' colour")
+        config = dataclasses.replace(config, colour=colour)
+    defaults = COLOUR_DEFAULTS[config.colour]
+    return dataclasses.replace(
+        config,
+        latent_dim=config.latent_dim or defaults["latent_dim"],
+        likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
+    )
 
 
 """
 ## Data
 
-The images, padded to --image-size and scaled to [0, 1]; data.py reads and checks the files.
+The images, brought to --image-size and scaled to [0, 1], with their labels and class
+names; data.py reads and checks the files.
 """
 
 
-def load_images(config):
-    """Padded float32 train and test images with their labels."""
-    (x_train, y_train), (x_test, y_test) = data.load_dataset(
-        config.dataset, config.data_dir, config.limit
+def load_images(config, test_only=False):
+    """The data set of `config` as the model reads it (data.ImageData)."""
+    return data.load_images(
+        config.dataset,
+        config.data_dir,
+        config.limit,
+        image_size=config.image_size,
+        colour=config.colour,
+        seed=config.seed,
+        test_split=config.test_split,
+        test_only=test_only,
     )
-    train_images = data.prepare_images(x_train, config.image_size)
-    test_images = data.prepare_images(x_test, config.image_size)
-    return (train_images, y_train), (test_images, y_test)
+
+
+def check_labels(config, images):
+    """Refuse settings that need class labels the images do not have."""
+    if config.conditional and not images.num_classes:
+        raise DataError(
+            f"--conditional needs labelled images, and {config.data_dir} has no class "
+            "sub-folders: put each class's images in a sub-folder of its own"
+        )
+    if config.plot_class is not None and config.plot_class >= max(images.num_classes, 1):
+        raise DataError(
+            f"--plot-class {config.plot_class}: the images have {images.num_classes} classes, "
+            f"numbered 0 to {images.num_classes - 1}"
+        )
+    latent_dim = settled(config, images.colour).latent_dim
+    if config.plot_class is not None and latent_dim != 2:
+        raise DataError(
+            f"--plot-class draws a class's 2-D manifold, and the latent size of these "
+            f"{images.colour} images is {latent_dim}: add --latent-dim 2, or leave it out"
+        )
 
 
 """
@@ -308,43 +404,49 @@ their sizes from the config, and Adam its step size.
 """
 
 
-def architecture(config):
-    """The model's shape, as vae.py's builders take it."""
+def architecture(config, num_classes=data.NUM_CLASSES):
+    """The model's shape, as vae.py's builders take it (`num_classes`: the data's, if the
+    model is conditional)."""
+    config = settled(config)
     return {
         "image_size": config.image_size,
+        "channels": data.CHANNELS[config.colour],
         "latent_dim": config.latent_dim,
         "filters": config.filters,
         "hidden_units": config.hidden_units,
         "dense_activation": config.dense_activation,
         "conv_bias": config.conv_bias,
-        "num_classes": data.NUM_CLASSES if config.conditional else 0,
+        "num_classes": num_classes if config.conditional else 0,
     }
 
 
-def resolve_dtype_policy(config):
+def resolve_dtype_policy(config, num_classes=data.NUM_CLASSES):
     """`config` with --dtype-policy auto replaced by the one that trains faster on this
     machine (a few seconds of timed steps, vae.fastest_dtype_policy); others unchanged."""
     if config.dtype_policy != "auto":
         return config
-    policy = fastest_dtype_policy(config.batch_size, **architecture(config))
+    policy = fastest_dtype_policy(
+        config.batch_size, settled(config).likelihood, **architecture(config, num_classes)
+    )
     return dataclasses.replace(config, dtype_policy=policy)
 
 
-def build_model(config):
+def build_model(config, num_classes=data.NUM_CLASSES):
     """The VAE that `config` describes, with every weight created, not compiled."""
     return build_vae(
-        **architecture(config),
+        **architecture(config, num_classes),
         beta=config.beta,
         seed=config.seed,
-        dtype_policy=resolve_dtype_policy(config).dtype_policy,
+        likelihood=settled(config).likelihood,
+        dtype_policy=resolve_dtype_policy(config, num_classes).dtype_policy,
     )
 
 
-def make_model(config, train_size):
+def make_model(config, train_size, num_classes=data.NUM_CLASSES):
     """The VAE, compiled with Adam. Two warm-ups, each over its own number of epochs: the
     step size rises from a tenth of --learning-rate before the cosine (if asked), and the KL
     weight rises from 0 to --beta."""
-    vae = build_model(config)
+    vae = build_model(config, num_classes)
     steps_per_epoch = math.ceil(train_size / config.batch_size)
     vae.start_kl_warmup(config.kl_warmup_epochs * steps_per_epoch)
     total_steps = config.epochs * steps_per_epoch
@@ -378,14 +480,13 @@ class TrainingDiverged(RunError):
     """The loss became NaN or infinite."""
 
 
-def make_callbacks(
-    config, run_name, vae, train_count, test_images, test_labels, progress, is_chief=True
-):
+def make_callbacks(config, run_name, vae, train_count, images, progress, is_chief=True):
     """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to
-    TensorBoard. `progress` is the record of the epochs a resumed run has already done."""
+    TensorBoard, with pictures of `images` (data.ImageData). `progress` is the record of
+    the epochs a resumed run has already done."""
     backup_dir = os.path.join(config.output_dir, "backup")
     if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
-        callbacks = [LogKLWeight(), keras.callbacks.TerminateOnNaN()]
+        callbacks = [LogKLWeight(), LogBitsPerDimension(), keras.callbacks.TerminateOnNaN()]
         if not config.fresh:
             callbacks.append(FiniteBackupAndRestore(backup_dir, write=False))
         return callbacks
@@ -394,7 +495,8 @@ def make_callbacks(
     # A resumed run's checkpoint must beat the best epoch before the interruption.
     best = progress.get("best_val_loss") if os.path.exists(checkpoint) else None
     callbacks = [
-        LogKLWeight(),  # first: the others see kl_weight in the logs
+        LogKLWeight(),  # first: the others see kl_weight and val_bits_per_dim in the logs
+        LogBitsPerDimension(),
         keras.callbacks.TerminateOnNaN(),
         StopOnSignal(),
         AtomicModelCheckpoint(
@@ -407,7 +509,7 @@ def make_callbacks(
             config.epochs,
             math.ceil(train_count / config.batch_size),
             config.batch_size,
-            len(test_images),
+            len(images.test_images),
             evaluation_flops(vae, config.iw_samples),
             vae_flops(vae)[1],
         ),
@@ -417,9 +519,9 @@ def make_callbacks(
         callbacks.append(
             TensorBoardImages(
                 os.path.join(log_dir, "images"),
-                test_images[shown],
-                test_labels[shown],
-                data.CLASS_NAMES[config.dataset],
+                images.test_images[shown],
+                None if images.test_labels is None else images.test_labels[shown],
+                images.class_names,
                 config.image_every,
                 config.seed,
             )
@@ -439,11 +541,14 @@ def train(config):
     if placement.is_chief:
         check_writable(config.output_dir)
     with output_lock(config.output_dir) if placement.is_chief else contextlib.nullcontext():
-        config = resolve_dtype_policy(
-            config
-        )  # before seeding: its timed steps draw no numbers that count
+        images = load_images(config)
+        check_labels(config, images)
+        config = settled(config, images.colour)
+        # Before seeding: the timed steps draw no numbers that count.
+        config = resolve_dtype_policy(config, images.num_classes)
         keras.utils.set_random_seed(config.seed)
-        (train_images, train_labels), (test_images, test_labels) = load_images(config)
+        train_images, train_labels = images.train_images, images.train_labels
+        test_images, test_labels = images.test_images, images.test_labels
         # All images, except where batches must split evenly over devices (JAX): then up to
         # replicas - 1 are left out of training and val_loss (the final evaluation uses all).
         train_count, test_count = (
@@ -456,15 +561,17 @@ def train(config):
             shuffle=True,
             seed=config.seed,
             labels=train_labels[:train_count] if config.conditional else None,
+            num_classes=images.num_classes,
         )
         test_dataset = data.make_dataset(
             test_images[:test_count],
             config.batch_size,
             labels=test_labels[:test_count] if config.conditional else None,
+            num_classes=images.num_classes,
         )
 
         with placement.scope():  # the model, its optimizer and metrics live on every replica
-            vae = placement.prepare(make_model(config, train_count))
+            vae = placement.prepare(make_model(config, train_count, images.num_classes))
         run_name, resumed = prepare_run(config, write=placement.is_chief)
         progress = read_progress(config.output_dir) if resumed else {}
         log_dir = os.path.join(config.output_dir, "logs")
@@ -475,14 +582,7 @@ def train(config):
             f"Watch it with: tensorboard --logdir {log_dir}"
         )
         callbacks = make_callbacks(
-            config,
-            run_name,
-            vae,
-            train_count,
-            test_images,
-            test_labels,
-            progress,
-            placement.is_chief,
+            config, run_name, vae, train_count, images, progress, placement.is_chief
         )
         history = vae.fit(
             train_dataset,
@@ -509,9 +609,9 @@ def train(config):
             "epochs_trained": progress.get("epochs_trained", 0),
         }
         report(trained, config, test_images, test_labels, run_name, training)
-        show_in_projector(trained, config, test_images, test_labels, run_name)
+        show_in_projector(trained, images, config.output_dir, run_name)
         if config.plots:
-            draw_plots(trained, config, test_images, test_labels)
+            draw_plots(trained, config, images)
         finish_run(config.output_dir)  # only now: an interruption before this resumes
     return vae, history
 
@@ -520,7 +620,7 @@ def one_device_copy(vae, config, placement):
     """The trained weights in a VAE on one device, for evaluation and plots: a distributed
     model's predict splits every batch over the replicas (and gathers it from every worker)."""
     with placement.one_device():
-        copy = build_model(config)
+        copy = build_model(config, vae.num_classes)
     copy.set_weights(vae.get_weights())
     return copy
 
@@ -528,10 +628,10 @@ def one_device_copy(vae, config, placement):
 def evaluate_saved_model(config):
     """--evaluate-only: evaluate and plot models/vae.keras without training.
 
-    The record keeps the settings the model was trained with; the command line's
-    --iw-samples, --seed, --limit and --data-dir steer this evaluation and are recorded as
-    its own. The model file says whether it is conditional and its latent size;
-    `--dataset` must name the data it learned.
+    The model file says its image size and colour, its latent size, its likelihood and
+    whether it is conditional; `--dataset` must name the data it learned. The record keeps
+    the settings the model was trained with; the command line's --iw-samples, --seed,
+    --limit and --data-dir steer this evaluation and are recorded as its own.
     """
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
@@ -539,39 +639,62 @@ def evaluate_saved_model(config):
         previous = read_metrics(config.output_dir)
         # Without a record (deleted, or from another program), what the model itself says.
         trained = previous.get("config") or {"dataset": config.dataset, **model_shape(vae)}
-        for name in ("dataset", "image_size"):  # evaluating on other data would mislead silently
-            if trained[name] != getattr(config, name):
+        shape = model_shape(vae)
+        if config.colour == "auto":
+            config = dataclasses.replace(config, colour=shape["colour"])
+        # Evaluating on other data would mislead silently.
+        for name in ("dataset", "image_size", "colour"):
+            expected = shape.get(name, trained.get(name))
+            if expected != getattr(config, name):
                 flag = "--" + name.replace("_", "-")
                 raise RunError(
                     f"models/vae.keras in {config.output_dir} was trained with "
-                    f"{flag} {trained[name]}; add {flag} {trained[name]}"
+                    f"{flag} {expected}; add {flag} {expected}"
                 )
-        if config.plot_class is not None and not (vae.conditional and latent_size(vae) == 2):
+        if config.plot_class is not None and not (vae.conditional and shape["latent_dim"] == 2):
             raise RunError(
                 "--plot-class draws one class's 2-D manifold, and models/vae.keras in "
                 f"{config.output_dir} is not a conditional VAE of latent size 2: leave it out"
             )
-        _, (test_images, test_labels) = load_images(config)
+        config = dataclasses.replace(
+            config,
+            latent_dim=shape["latent_dim"],
+            likelihood=shape["likelihood"],
+            conditional=shape["conditional"],
+        )
+        images = load_images(config, test_only=True)
+        check_labels(config, images)
+        if vae.conditional and images.num_classes != vae.num_classes:
+            raise RunError(
+                f"models/vae.keras tells {vae.num_classes} classes apart, the images in "
+                f"{config.data_dir} have {images.num_classes}; evaluate it on the data it learned"
+            )
         run_name = previous.get("run_name", "evaluation")
         report(
-            vae, config, test_images, test_labels, run_name, previous.get("training", {}), trained
+            vae,
+            config,
+            images.test_images,
+            images.test_labels,
+            run_name,
+            previous.get("training", {}),
+            trained,
         )
-        show_in_projector(vae, config, test_images, test_labels, run_name)
+        show_in_projector(vae, images, config.output_dir, run_name)
         if config.plots:
-            draw_plots(vae, config, test_images, test_labels)
+            draw_plots(vae, config, images)
     return vae
 
 
-def latent_size(vae):
-    return vae.decoder.inputs[0].shape[-1]
-
-
 def model_shape(vae):
-    """The settings a saved VAE says itself: latent size, conditional, image size."""
+    """The settings a saved VAE says itself: image size and colour, latent size,
+    likelihood, conditional."""
+    _, size, _, channels = vae.encoder.inputs[0].shape
     return {
-        "latent_dim": latent_size(vae),
+        "image_size": size,
+        "colour": "grey" if channels == 1 else "rgb",
+        "latent_dim": vae.decoder.inputs[0].shape[-1],
+        "likelihood": vae.likelihood,
         "conditional": vae.conditional,
-        "image_size": vae.encoder.inputs[0].shape[1],
     }
 
 
@@ -581,6 +704,7 @@ def model_shape(vae):
 The test negative ELBO and importance-weighted NLL of evaluation.py: printed, written
 to models/metrics.json and logged to TensorBoard.
 """
+
 
 # Settings that steer an evaluation, not the model: recorded as the evaluation's own.
 EVALUATION_SETTINGS = ("iw_samples", "seed", "limit", "data_dir")
@@ -594,12 +718,17 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
     metrics = evaluation.evaluate(
         vae, test_images, test_labels, samples=config.iw_samples, seed=config.seed
     )
+    floor = metrics["data_entropy_floor"]
     print(
-        f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image (reconstruction "
+        f"Test negative ELBO {metrics['negative_elbo']:.2f} nats/image = "
+        f"{metrics['bits_per_dim']:.3f} bits/dim (reconstruction "
         f"{metrics['reconstruction_loss']:.2f} + KL {metrics['kl_loss']:.2f}); importance-weighted "
-        f"NLL {metrics['iw_nll']:.2f} (K = {metrics['iw_samples']}); the data's floor "
-        f"{metrics['data_entropy_floor']:.2f}; {metrics['active_units']} of "
-        f"{len(metrics['kl_per_dimension'])} latent dimensions active"
+        f"NLL {metrics['iw_nll']:.2f} = {metrics['iw_bits_per_dim']:.3f} bits/dim (K = "
+        f"{metrics['iw_samples']}); {metrics['likelihood']} likelihood, "
+        f"{metrics['dimensions']:,} dimensions per image"
+        + ("" if floor is None else f"; the data's floor {floor:.2f}")
+        + f"; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions "
+        "active"
     )
     trained = trained or dataclasses.asdict(config)
     record = {
@@ -628,14 +757,14 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
     return metrics
 
 
-def show_in_projector(vae, config, test_images, test_labels, run_name):
+def show_in_projector(vae, images, output_dir, run_name):
     """The test images' z_mean, classes and pictures for TensorBoard's Projector
     (projector.py), in the run's folder under logs/."""
-    z_mean = plotting.encode(vae.encoder, test_images, test_labels)
-    log_dir = os.path.join(config.output_dir, "logs", run_name)
+    z_mean = plotting.encode(vae.encoder, images.test_images, images.test_labels)
+    log_dir = os.path.join(output_dir, "logs", run_name)
     with contextlib.suppress(ImportError):  # TensorFlow writes TensorBoard's files
         count = write_projector(
-            log_dir, z_mean, test_images, test_labels, data.CLASS_NAMES[config.dataset]
+            log_dir, z_mean, images.test_images, images.test_labels, images.class_names
         )
         print(f"The latent space of {count} test images is in TensorBoard's Projector")
 
@@ -647,14 +776,15 @@ The PNG plots of plotting.py, in plots/ under --output-dir.
 """
 
 
-def draw_plots(vae, config, test_images, test_labels):
+def draw_plots(vae, config, images):
+    """The plots of the test images in `images` (data.ImageData)."""
     plots_dir = os.path.join(config.output_dir, "plots")
     plotting.plot_all(
         vae.encoder,
         vae.decoder,
-        test_images,
-        test_labels,
-        data.CLASS_NAMES[config.dataset],
+        images.test_images,
+        images.test_labels,
+        images.class_names,
         plots_dir,
         seed=config.seed,
         plot_class=config.plot_class,

@@ -2,7 +2,8 @@
 
 Every figure is drawn on matplotlib's file-only Agg backend and closed after saving,
 so plotting never opens a window and works on a server with no screen. The functions
-take the encoder and decoder (plain or conditional) as saved in models/.
+take the encoder and decoder (plain or conditional) as saved in models/, and draw grey
+or colour images as they are. Labels and class names are None for unlabelled images.
 """
 
 import io
@@ -46,8 +47,9 @@ def is_conditional(model):
 
 def posterior(encoder, images, labels):
     """(z_mean, z_log_var) of each image (a conditional encoder also reads the labels)."""
-    inputs = [images, one_hot(labels)] if is_conditional(encoder) else images
-    return run_model(encoder, inputs)
+    if is_conditional(encoder):
+        return run_model(encoder, [images, one_hot(labels, encoder.inputs[1].shape[-1])])
+    return run_model(encoder, images)
 
 
 def encode(encoder, images, labels):
@@ -59,9 +61,14 @@ def decode(decoder, z, labels=None):
     """Images decoded from z, in batches; `labels` (ints or one-hot rows) if conditional."""
     if is_conditional(decoder):
         labels = np.asarray(labels)
-        conditions = labels if labels.ndim == 2 else one_hot(labels)
+        conditions = labels if labels.ndim == 2 else one_hot(labels, decoder.inputs[1].shape[-1])
         return run_model(decoder, [z, conditions.astype(np.float32)])
     return run_model(decoder, z)
+
+
+def take(labels, index):
+    """labels[index], or None for unlabelled images."""
+    return None if labels is None else labels[index]
 
 
 def principal_components(points, count=2):
@@ -72,10 +79,18 @@ def principal_components(points, count=2):
 
 
 def _tile(images, rows, columns):
-    """(rows*columns, h, w, 1) -> one (rows*h, columns*w) picture."""
-    height, width = images.shape[1:3]
-    grid = images[..., 0].reshape(rows, columns, height, width)
-    return grid.transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+    """(rows*columns, h, w, channels) -> one (rows*h, columns*w, channels) picture."""
+    height, width, channels = images.shape[1:]
+    grid = images.reshape(rows, columns, height, width, channels)
+    return grid.transpose(0, 2, 1, 3, 4).reshape(rows * height, columns * width, channels)
+
+
+def show(axes, picture):
+    """Draw an (h, w, channels) picture in [0, 1]: grey on a grey scale, or in colour."""
+    if picture.shape[-1] == 1:
+        axes.imshow(picture[..., 0], cmap="Greys_r", vmin=0, vmax=1)
+    else:
+        axes.imshow(np.clip(picture, 0, 1))
 
 
 def image_grid(images, columns, gap=0, gap_value=0.5):
@@ -106,16 +121,31 @@ def figure_png(figure):
     return buffer.getvalue()
 
 
+def class_colours(count):
+    """(colour map, its top value) giving each of `count` classes a distinct colour, for a
+    scatter coloured by label from 0 to count - 1: tab10's first colours up to ten."""
+    if count <= 10:
+        return "tab10", 9.5
+    name = "tab20" if count <= 20 else "turbo"
+    colours = matplotlib.colors.ListedColormap(plt.get_cmap(name)(np.linspace(0, 1, count)))
+    return colours, count - 0.5
+
+
 def latent_space_figure(z_mean, labels, class_names, title_suffix=""):
-    """Test-set z_mean coloured by class (first two principal components above 2-D)."""
+    """Test-set z_mean coloured by class (first two principal components above 2-D); one
+    colour for unlabelled images."""
     latent_dim = z_mean.shape[1]
     points = z_mean if latent_dim == 2 else principal_components(z_mean)
     figure, axes = plt.subplots(figsize=(8, 7))
-    scatter = axes.scatter(
-        points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3
-    )
-    colour_bar = figure.colorbar(scatter, ticks=range(len(class_names)))
-    colour_bar.ax.set_yticklabels(class_names)
+    if class_names:
+        colours, top = class_colours(len(class_names))
+        scatter = axes.scatter(
+            points[:, 0], points[:, 1], c=labels, cmap=colours, vmin=-0.5, vmax=top, s=3
+        )
+        colour_bar = figure.colorbar(scatter, ticks=range(len(class_names)))
+        colour_bar.ax.set_yticklabels(class_names)
+    else:
+        axes.scatter(points[:, 0], points[:, 1], s=3)
     if latent_dim == 2:
         axes.set(
             title="Test images in the latent space (z_mean)" + title_suffix,
@@ -143,7 +173,7 @@ def plot_manifold(decoder, path, label=None, class_name=None, grid_size=20):
     images = decode(decoder, z, np.full(len(z), label))
     size = images.shape[1]
     figure, axes = plt.subplots(figsize=(10, 10))
-    axes.imshow(_tile(images, grid_size, grid_size), cmap="Greys_r", vmin=0, vmax=1)
+    show(axes, _tile(images, grid_size, grid_size))
     ticks = np.arange(grid_size) * size + size / 2
     axes.set_xticks(ticks[::2], [f"{v:.2f}" for v in values[::2]], rotation=90)
     axes.set_yticks(ticks[::2], [f"{v:.2f}" for v in values[::-1][::2]])
@@ -163,7 +193,7 @@ def plot_reconstructions(images, reconstructions, path):
     figure, axes = plt.subplots(2, count, figsize=(1.2 * count + 1, 2.8), squeeze=False)
     for column in range(count):
         for row, picture in enumerate((images[column], reconstructions[column])):
-            axes[row, column].imshow(picture[..., 0], cmap="Greys_r", vmin=0, vmax=1)
+            show(axes[row, column], picture)
             axes[row, column].axis("off")
     axes[0, 0].set_title("original", loc="left")
     axes[1, 0].set_title("reconstruction", loc="left")
@@ -182,7 +212,7 @@ def prior_samples(decoder, count, seed=0, labels=None):
 def plot_samples(decoder, path, grid_size=10, seed=0):
     images = prior_samples(decoder, grid_size * grid_size, seed)
     figure, axes = plt.subplots(figsize=(8, 8))
-    axes.imshow(_tile(images, grid_size, grid_size), cmap="Greys_r", vmin=0, vmax=1)
+    show(axes, _tile(images, grid_size, grid_size))
     axes.axis("off")
     title = "Samples: z drawn from N(0, I)"
     axes.set_title(title + (", random classes" if is_conditional(decoder) else "") + ", decoded")
@@ -191,7 +221,7 @@ def plot_samples(decoder, path, grid_size=10, seed=0):
 
 def _save_grid_with_row_labels(images, rows, columns, row_labels, title, path):
     figure, axes = plt.subplots(figsize=(columns, rows + 1))
-    axes.imshow(_tile(images, rows, columns), cmap="Greys_r", vmin=0, vmax=1)
+    show(axes, _tile(images, rows, columns))
     size = images.shape[1]
     axes.set_yticks(np.arange(rows) * size + size / 2, row_labels)
     axes.set_xticks([])
@@ -232,24 +262,30 @@ def interpolation_pairs(labels, count, seed=0):
 
 def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, steps=10, seed=0):
     """Decodes along the straight line between the z_mean of two test images of different
-    classes. Returns False, drawing nothing, when there are not two test images."""
-    chosen = interpolation_pairs(labels, pairs, seed)
+    classes (of any two images, if unlabelled). Returns False, drawing nothing, when there
+    are not two test images."""
+    chosen = interpolation_pairs(
+        np.zeros(len(z_mean), int) if labels is None else labels, pairs, seed
+    )
     if not chosen:
         return False
     pairs = len(chosen)
     first, second = np.array(chosen).T
     weights = np.linspace(0, 1, steps)[None, :, None]  # (pair, step, dimension)
     z = (1 - weights) * z_mean[first][:, None] + weights * z_mean[second][:, None]
-    # A conditional decoder's label moves along the line too, from one class to the other.
-    conditions = (1 - weights) * one_hot(labels[first])[:, None] + weights * one_hot(
-        labels[second]
-    )[:, None]
-    images = decode(
-        decoder,
-        z.reshape(pairs * steps, -1).astype(np.float32),
-        conditions.reshape(pairs * steps, -1),
-    )
-    row_labels = [f"{class_names[labels[a]]} -> {class_names[labels[b]]}" for a, b in chosen]
+    conditions = None
+    if is_conditional(decoder):
+        # The label moves along the line too, from one class to the other.
+        classes = decoder.inputs[1].shape[-1]
+        conditions = (1 - weights) * one_hot(labels[first], classes)[:, None] + weights * one_hot(
+            labels[second], classes
+        )[:, None]
+        conditions = conditions.reshape(pairs * steps, -1)
+    images = decode(decoder, z.reshape(pairs * steps, -1).astype(np.float32), conditions)
+    if class_names:
+        row_labels = [f"{class_names[labels[a]]} -> {class_names[labels[b]]}" for a, b in chosen]
+    else:
+        row_labels = [f"image {a} -> {b}" for a, b in chosen]
     _save_grid_with_row_labels(
         images,
         pairs,
@@ -262,16 +298,25 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
 
 
 def plot_traversals(
-    decoder, z_mean, z_log_var, test_labels, path, image_index=0, steps=11, limit=3.0
+    decoder,
+    z_mean,
+    z_log_var,
+    test_labels,
+    path,
+    image_index=0,
+    steps=11,
+    limit=3.0,
+    max_rows=16,
 ):
     """One row per active latent dimension (mean KL over the test images' posteriors above
-    ACTIVE_UNIT_NATS), most informative first: that dimension set to values from -limit to
-    limit, the others held at one test image's z_mean. With no active dimension, the one with
-    the largest KL is shown."""
+    ACTIVE_UNIT_NATS), most informative first, at most `max_rows` of them (a colour model's
+    128 dimensions would make a picture too tall to read): that dimension set to values from
+    -limit to limit, the others held at one test image's z_mean. With no active dimension,
+    the one with the largest KL is shown."""
     mean_kl = kl_per_dimension(z_mean, z_log_var).mean(axis=0)
     order = np.argsort(-mean_kl)
     active = [d for d in order if mean_kl[d] > ACTIVE_UNIT_NATS]
-    dimensions = active or list(order[:1])
+    dimensions = (active or list(order[:1]))[:max_rows]
     values = np.linspace(-limit, limit, steps)
     z = np.repeat(z_mean[image_index][None], len(dimensions) * steps, axis=0).reshape(
         len(dimensions), steps, -1
@@ -281,7 +326,7 @@ def plot_traversals(
     images = decode(
         decoder,
         z.reshape(len(dimensions) * steps, -1).astype(np.float32),
-        np.full(len(dimensions) * steps, test_labels[image_index]),
+        np.full(len(dimensions) * steps, take(test_labels, image_index)),
     )
     row_labels = [f"z[{d}] (KL {mean_kl[d]:.2f})" for d in dimensions]
     _save_grid_with_row_labels(
@@ -291,7 +336,8 @@ def plot_traversals(
         row_labels,
         f"Each row: one latent dimension set to {-limit:g} ... {limit:g}, the others at test image "
         f"{image_index}'s z_mean\n({len(active)} of {z_mean.shape[1]} dimensions active (mean KL > "
-        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL)",
+        f"{ACTIVE_UNIT_NATS:g} nats), ordered by mean KL"
+        + (f"; the first {max_rows} shown)" if len(active) > max_rows else ")"),
         path,
     )
 
@@ -310,7 +356,7 @@ def plot_all(
         os.path.join(plots_dir, "latent_space.png"),
     )
     shown = slice(0, 10)
-    reconstructions = decode(decoder, z_mean[shown], test_labels[shown])
+    reconstructions = decode(decoder, z_mean[shown], take(test_labels, shown))
     plot_reconstructions(
         test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
     )

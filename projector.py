@@ -44,14 +44,16 @@ def sprite(images):
 
 
 def metadata_lines(labels, class_names):
-    """metadata.tsv: a header, then one row per point with its class index and name."""
+    """metadata.tsv: a header, then one row per point with its class index and name (the
+    class sub-folder's name for a folder of images)."""
     lines = ["class\tname"]
     lines += [f"{label}\t{class_names[label]}" for label in labels]
     return "\n".join(lines) + "\n"
 
 
 def write_projector(log_dir, z_mean, images, labels, class_names):
-    """Write the Projector's files for these test images into `log_dir`/projector. Returns
+    """Write the Projector's files for these test images into `log_dir`/projector; `labels`
+    and `class_names` are None for unlabelled images, which get no metadata.tsv. Returns
     how many points it wrote."""
     import tensorflow as tf
     from tensorboard.plugins import projector
@@ -61,8 +63,9 @@ def write_projector(log_dir, z_mean, images, labels, class_names):
     os.makedirs(log_dir, exist_ok=True)
     # An event file makes the folder a run that TensorBoard lists, the Projector's too.
     tf.summary.create_file_writer(log_dir).close()
-    with open(os.path.join(log_dir, "metadata.tsv"), "w") as file:
-        file.write(metadata_lines(labels[:count], class_names))
+    if labels is not None:
+        with open(os.path.join(log_dir, "metadata.tsv"), "w") as file:
+            file.write(metadata_lines(labels[:count], class_names))
     tf.io.write_file(os.path.join(log_dir, "sprite.png"), tf.io.encode_png(sprite(images[:count])))
     points = np.zeros((count, max(z_mean.shape[1], PROJECTOR_DIMENSIONS)), np.float32)
     points[:, : z_mean.shape[1]] = z_mean[:count]
@@ -72,7 +75,8 @@ def write_projector(log_dir, z_mean, images, labels, class_names):
     config = projector.ProjectorConfig()
     info = config.embeddings.add()
     info.tensor_name = f"{EMBEDDING_NAME}/.ATTRIBUTES/VARIABLE_VALUE"
-    info.metadata_path = "metadata.tsv"
+    if labels is not None:
+        info.metadata_path = "metadata.tsv"
     info.sprite.image_path = "sprite.png"
     info.sprite.single_image_dim.extend([images.shape[2], images.shape[1]])  # width, height
     projector.visualize_embeddings(log_dir, config)

@@ -1,12 +1,21 @@
-"""Model: a convolutional encoder and decoder, the Sampling layer, the VAE that trains them
-and FusedAdam, the Adam it trains with.
+"""Model: a convolutional encoder and decoder, the Sampling layer, the VAE that trains them,
+the likelihoods of its loss and FusedAdam, the Adam it trains with.
 
 The encoder and decoder are plain Functional models of built-in layers, so their saved
 files load anywhere with nothing but `import keras`. Sampling and the loss live in the
 VAE, which needs this module imported to load (`import vae`).
+
+Two likelihoods p(x|z) for the pixels, each computed from the decoder's layer "logits":
+- "bernoulli": binary cross-entropy against the grey levels in [0, 1], one logit per value;
+- "discretized_logistic": a probability for each of the 256 levels of 8-bit data, from a
+  logistic's location and log-scale per pixel and channel (Kingma et al., 2016; Salimans et
+  al., 2017, PixelCNN++), two numbers per value.
+The decoder's output for users is the image in [0, 1]: the Bernoulli's probabilities, or
+the logistic's location clipped to [0, 1] (each value's most likely level).
 """
 
 import functools
+import math
 import time
 
 import keras
@@ -14,6 +23,9 @@ import numpy as np
 from keras import layers, ops
 
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
+# The decoder's "logits" give this many numbers per pixel and channel for each likelihood.
+LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2}
+LEVELS = 256  # 8-bit data: the values k / 255 for k = 0 ... 255
 # bfloat16 is chosen only where its steps take less than this share of float32's: a
 # closer call is not worth its rounding, and should not flip between runs on one machine.
 BFLOAT16_SPEED_MARGIN = 0.9
@@ -22,6 +34,7 @@ BFLOAT16_SPEED_MARGIN = 0.9
 def build_encoder(
     *,
     image_size,
+    channels,
     latent_dim,
     filters,
     hidden_units,
@@ -39,7 +52,7 @@ def build_encoder(
     """
     hidden = {"dtype": dtype_policy}
     conv = {"padding": "same", "activation": "relu", "use_bias": conv_bias, **hidden}
-    inputs = [keras.Input(shape=(image_size, image_size, 1), name="image")]
+    inputs = [keras.Input(shape=(image_size, image_size, channels), name="image")]
     x = layers.Conv2D(filters, 3, strides=2, **conv)(inputs[0])
     x = layers.Conv2D(2 * filters, 3, strides=2, **conv)(x)
     x = layers.Flatten(**hidden)(x)
@@ -58,19 +71,23 @@ def build_encoder(
 def build_decoder(
     *,
     image_size,
+    channels,
     latent_dim,
     filters,
     hidden_units,
     dense_activation,
     conv_bias,
+    likelihood,
     num_classes=0,
     dtype_policy=None,
 ):
-    """z -> image probabilities: the encoder's mirror image, with Conv2DTranspose.
+    """z -> image in [0, 1]: the encoder's mirror image, with Conv2DTranspose.
 
+    Its layer "logits" gives the `likelihood`'s parameters (LIKELIHOOD_PARAMETERS per pixel
+    and channel), which the loss reads; the output is the image those parameters make.
     With `num_classes` the model takes `[z, one_hot_label]`. The other arguments as in
-    `build_encoder`, here for every layer up to the logits (which keep their bias: one
-    number); the probabilities are float32.
+    `build_encoder`, here for every layer up to the logits (which keep their bias); the
+    image is float32.
     """
     if image_size % 4:
         raise ValueError(
@@ -89,21 +106,46 @@ def build_decoder(
     x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, **conv)(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, **conv)(x)
-    # The loss reads these logits directly (a stable cross-entropy); users get probabilities.
-    # The logits compute in the hidden layers' dtype, as the layer reads the full-resolution
-    # activations; the VAE casts them to float32 before the sigmoid and the loss.
-    logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits", **hidden)(x)
-    image = layers.Activation("sigmoid", name="image", dtype="float32")(logits)
+    image = likelihood_head(
+        x, image_size=image_size, channels=channels, likelihood=likelihood, dtype=dtype_policy
+    )
     return keras.Model(inputs if num_classes else inputs[0], image, name="decoder")
 
 
-def step_seconds(dtype_policy, batch_size, rounds=3, steps=2, **architecture):
-    """Seconds per training step of a VAE of this `architecture` (build_vae's arguments) in
-    `dtype_policy` on this machine, on blank images: the best of `rounds`."""
-    model = build_vae(**architecture, beta=1.0, seed=0, dtype_policy=dtype_policy)
+def likelihood_head(x, *, image_size, channels, likelihood, dtype=None):
+    """A decoder's last layers, on full-resolution features `x`: the layer "logits", whose
+    output is the `likelihood`'s parameters (what the loss reads), and the float32 image
+    those parameters make (what users get)."""
+    if likelihood not in LIKELIHOOD_PARAMETERS:
+        raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_PARAMETERS)}")
+    if likelihood == "bernoulli":
+        # The loss reads these logits directly (a stable cross-entropy); users get
+        # probabilities. The logits compute in the hidden layers' dtype, as the layer reads the
+        # full-resolution activations; the VAE casts them to float32 for the sigmoid and loss.
+        logits = layers.Conv2DTranspose(channels, 3, padding="same", name="logits", dtype=dtype)(x)
+        return layers.Activation("sigmoid", name="image", dtype="float32")(logits)
+    # The locations (first `channels`) and log-scales, in float32: bfloat16 keeps 8
+    # significant bits, so between 0.5 and 1 it rounds a location by up to half a level.
+    logits = layers.Conv2DTranspose(
+        2 * channels, 3, padding="same", name="logits", dtype="float32"
+    )(x)
+    # The image: the locations clipped to [0, 1]. Keras has no layer that picks channels;
+    # cropping the channel axis, seen as a third spatial axis, picks the first `channels`.
+    both = layers.Reshape((image_size, image_size, 2 * channels, 1), dtype="float32")(logits)
+    location = layers.Cropping3D(((0, 0), (0, 0), (0, channels)), dtype="float32")(both)
+    location = layers.Reshape((image_size, image_size, channels), dtype="float32")(location)
+    return layers.ReLU(max_value=1.0, name="image", dtype="float32")(location)
+
+
+def step_seconds(dtype_policy, batch_size, likelihood, rounds=3, steps=2, **architecture):
+    """Seconds per training step of a VAE of this `architecture` (build_vae's arguments) and
+    `likelihood` in `dtype_policy` on this machine, on blank images: the best of `rounds`."""
+    model = build_vae(
+        **architecture, beta=1.0, seed=0, likelihood=likelihood, dtype_policy=dtype_policy
+    )
     model.compile(optimizer=FusedAdam())
     size = architecture["image_size"]
-    images = np.zeros((batch_size, size, size, 1), "float32")
+    images = np.zeros((batch_size, size, size, architecture["channels"]), "float32")
     labels = np.zeros((batch_size, architecture.get("num_classes", 0)), "float32")
     batch = (images, labels) if model.conditional else images
     model.train_on_batch(batch)  # traces / compiles
@@ -117,13 +159,13 @@ def step_seconds(dtype_policy, batch_size, rounds=3, steps=2, **architecture):
 
 
 @functools.cache
-def fastest_dtype_policy(batch_size, **architecture):
+def fastest_dtype_policy(batch_size, likelihood, **architecture):
     """ "mixed_bfloat16" where this machine trains a VAE of this `architecture` clearly faster
     in bfloat16 (a CPU with AVX512-BF16 or AMX and kernels that use them, a recent GPU),
     else "float32". Measured rather than read off the CPU's flags, because a CPU may report
     bfloat16 instructions that the kernels do not use. Once per process and shape."""
     seconds = {
-        policy: step_seconds(policy, batch_size, **architecture)
+        policy: step_seconds(policy, batch_size, likelihood, **architecture)
         for policy in ("float32", "mixed_bfloat16")
     }
     faster = seconds["mixed_bfloat16"] < BFLOAT16_SPEED_MARGIN * seconds["float32"]
@@ -156,11 +198,55 @@ def kl_divergence(z_mean, z_log_var):
     return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
 
 
-def reconstruction_nats(images, logits):
-    """Bernoulli negative log-likelihood per image, summed over pixels, from logits."""
+def discretized_logistic_log_probability(values, location, log_scale):
+    """log P(value) of each 8-bit value (k / 255, k = 0 ... 255) under a logistic of this
+    location and log-scale, discretized to the 256 levels.
+
+    Level k takes the logistic's mass within half a level of k / 255; the two end levels
+    take their whole tail as well, so the 256 probabilities sum to 1. With
+    upper = (x + half - location) / scale and lower = (x - half - location) / scale:
+        P = sigmoid(upper) - sigmoid(lower)
+          = sigmoid(upper) * sigmoid(-lower) * (1 - exp(-(upper - lower)))
+    computed in logs, which stays exact where both sigmoids are near 0 or near 1.
+    """
+    half_level = 0.5 / (LEVELS - 1)
+    # A scale beyond exp(+-20) has no use at this resolution; the bound keeps exp finite.
+    log_scale = ops.clip(log_scale, -20.0, 20.0)
+    inverse_scale = ops.exp(-log_scale)
+    centred = values - location
+    upper = inverse_scale * (centred + half_level)
+    lower = inverse_scale * (centred - half_level)
+    log_below_upper = -ops.softplus(-upper)  # log sigmoid(upper): the lowest level's
+    log_above_lower = -ops.softplus(lower)  # log (1 - sigmoid(lower)): the highest level's
+    log_width = ops.log(-ops.expm1(-2.0 * half_level * inverse_scale))
+    middle = log_below_upper + log_above_lower + log_width
+    return ops.where(
+        values < half_level,
+        log_below_upper,
+        ops.where(values > 1.0 - half_level, log_above_lower, middle),
+    )
+
+
+def reconstruction_nats(images, logits, likelihood="bernoulli"):
+    """-log p(x|z) per image in nats, summed over pixels and channels, from the decoder's
+    logits: Bernoulli cross-entropy, or the discretized logistic's -log P of the 8-bit values
+    (its logits: the locations, then the log-scales, along the channel axis)."""
     logits = ops.cast(logits, "float32")  # bfloat16 logits would round the loss too
-    cross_entropy = ops.binary_crossentropy(images, logits, from_logits=True)
-    return ops.sum(ops.reshape(cross_entropy, (ops.shape(images)[0], -1)), axis=-1)
+    images = ops.convert_to_tensor(images, "float32")  # numpy arrays too, on every backend
+    if likelihood == "bernoulli":
+        nats = ops.binary_crossentropy(images, logits, from_logits=True)
+    else:
+        location, log_scale = ops.split(logits, 2, axis=-1)
+        nats = -discretized_logistic_log_probability(images, location, log_scale)
+    return ops.sum(ops.reshape(nats, (ops.shape(images)[0], -1)), axis=-1)
+
+
+def decoded_image(logits, likelihood="bernoulli"):
+    """The image the decoder outputs, from its float32 logits: probabilities or locations."""
+    if likelihood == "bernoulli":
+        return ops.sigmoid(logits)
+    location, _ = ops.split(logits, 2, axis=-1)
+    return ops.clip(location, 0.0, 1.0)
 
 
 def scale_for_replicas(loss):
@@ -187,15 +273,23 @@ class VAE(keras.Model):
 
     `compute_loss` is the one override: Keras' own `train_step` and `test_step` call
     it, so training and validation share it on every backend. A conditional VAE (its
-    decoder takes `[z, label]`) is called on `(images, one_hot_labels)`.
+    decoder takes `[z, label]`) is called on `(images, one_hot_labels)`. `likelihood` names
+    p(x|z) (LIKELIHOOD_PARAMETERS); files saved before there was a choice used "bernoulli".
     """
 
-    def __init__(self, encoder, decoder, beta=1.0, seed=None, **kwargs):
+    def __init__(self, encoder, decoder, beta=1.0, seed=None, likelihood="bernoulli", **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.beta = beta
         self.seed = seed
+        self.likelihood = likelihood
+        expected = LIKELIHOOD_PARAMETERS[likelihood] * encoder.inputs[0].shape[-1]
+        if decoder.get_layer("logits").output.shape[-1] != expected:
+            raise ValueError(
+                f"the decoder's logits have {decoder.get_layer('logits').output.shape[-1]} "
+                f"channels; a {likelihood} likelihood of these images needs {expected}"
+            )
         self.sampling = Sampling(seed=seed, name="sampling")
         # The decoder up to its logits, sharing its layers (and so its weights).
         self.decoder_logits = keras.Model(
@@ -217,15 +311,25 @@ class VAE(keras.Model):
     def conditional(self):
         return len(self.decoder.inputs) == 2
 
+    @property
+    def num_classes(self):
+        """Classes a conditional VAE's label tells apart (0 if it reads no label)."""
+        return self.decoder.inputs[1].shape[-1] if self.conditional else 0
+
+    @property
+    def dimensions(self):
+        """Values per image (pixels x channels): what bits per dimension divide by."""
+        return math.prod(self.encoder.inputs[0].shape[1:])
+
     def call(self, inputs, training=False):
         z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
         logits = self.decoder_logits([z, inputs[1]] if self.conditional else z, training=training)
         logits = ops.cast(
             logits, "float32"
-        )  # the sigmoid and the loss in float32, whatever the dtype policy
+        )  # the image and the loss in float32, whatever the dtype policy
         return {
-            "reconstruction": ops.sigmoid(logits),
+            "reconstruction": decoded_image(logits, self.likelihood),
             "logits": logits,
             "z_mean": z_mean,
             "z_log_var": z_log_var,
@@ -233,7 +337,9 @@ class VAE(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images = ops.cast(x[0] if self.conditional else x, "float32")
-        reconstruction_loss = ops.mean(reconstruction_nats(images, y_pred["logits"]))
+        reconstruction_loss = ops.mean(
+            reconstruction_nats(images, y_pred["logits"], self.likelihood)
+        )
         kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
         # Weighted by batch size so each epoch's figure is the exact mean per image.
         batch_size = ops.shape(images)[0]
@@ -267,6 +373,7 @@ class VAE(keras.Model):
             "decoder": keras.saving.serialize_keras_object(self.decoder),
             "beta": self.beta,
             "seed": self.seed,
+            "likelihood": self.likelihood,
         }
 
     @classmethod
@@ -312,13 +419,13 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def build_vae(*, beta, seed, dtype_policy=None, **architecture):
-    """The VAE with its encoder and decoder (build_encoder's keyword arguments), every weight
-    created at once, so that it can be saved and restored."""
+def build_vae(*, beta, seed, likelihood, dtype_policy=None, **architecture):
+    """The VAE with its encoder and decoder (build_encoder's keyword arguments) and
+    `likelihood`, every weight created at once, so that it can be saved and restored."""
     encoder = build_encoder(**architecture, dtype_policy=dtype_policy)
-    decoder = build_decoder(**architecture, dtype_policy=dtype_policy)
-    vae = VAE(encoder, decoder, beta=beta, seed=seed, name="vae")
+    decoder = build_decoder(**architecture, likelihood=likelihood, dtype_policy=dtype_policy)
+    vae = VAE(encoder, decoder, beta=beta, seed=seed, likelihood=likelihood, name="vae")
     size, num_classes = architecture["image_size"], architecture.get("num_classes", 0)
-    images = keras.ops.zeros((1, size, size, 1))
+    images = keras.ops.zeros((1, size, size, architecture["channels"]))
     vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)
     return vae

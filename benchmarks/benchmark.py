@@ -75,6 +75,7 @@ from benchmarks.workers import (  # noqa: E402
     run_matmul_worker,
     run_training_worker,
 )
+from data import DATASETS  # noqa: E402
 
 BACKEND_IMAGES = 12000  # per backend: enough for a steady epoch, ~2 minutes for all three
 BACKEND_EPOCHS = 2  # the first includes tracing / compilation; the last is timed
@@ -120,9 +121,17 @@ def parse_args(argv=None):
         help=f"epochs of the baseline (default: {BASELINE['epochs']}; --quick: {QUICK_EPOCHS})",
     )
     parser.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=DATASETS,
+        help="what every row trains on, as main.py's --dataset; the baseline then takes this "
+        "program's likelihood of those images (default: mnist)",
+    )
+    parser.add_argument(
         "--data-dir",
-        default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None,
-        help="folder with the MNIST IDX files (default: ../shared/data/mnist if it exists, else Keras' download)",
+        default=None,
+        help="offline data, as main.py's --data-dir (default: for mnist ../shared/data/mnist if "
+        "it exists; else Keras' download)",
     )
     parser.add_argument(
         "--output-dir",
@@ -169,8 +178,10 @@ def parse_args(argv=None):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        parser.error(f"--data-dir {args.data_dir} is not a directory")
+    if args.data_dir is None and args.dataset == "mnist" and SHARED_MNIST.is_dir():
+        args.data_dir = str(SHARED_MNIST)
+    if args.data_dir is not None and not os.path.exists(args.data_dir):
+        parser.error(f"--data-dir {args.data_dir} does not exist")
     if args.quick:
         args.limit = args.limit or QUICK_LIMIT
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
@@ -195,6 +206,7 @@ def _worker_argv(args, name, output):
         "limit",
         "epochs_default",
         "epochs_baseline",
+        "dataset",
         "data_dir",
         "backend_images",
         "backend_epochs",

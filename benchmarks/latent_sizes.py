@@ -118,7 +118,8 @@ def train_worker(name, args):
         )
     else:
         config = dataclasses.replace(config, epochs=args.epochs or config.epochs)
-        (train_images, _), (test_images, _) = main.load_images(config)
+        images = main.load_images(config)
+        train_images, test_images = images.train_images, images.test_images
         epochs, batch_size = config.epochs, config.batch_size
         model = main.make_model(config, len(train_images))
         description = (
@@ -161,8 +162,7 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
 
     config = main.Config(latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit)
     keras.utils.set_random_seed(config.seed)
-    (train_images, _), _ = main.load_images(config)
-    train_images = train_images[:images_per_round]
+    train_images = main.load_images(config).train_images[:images_per_round]
     conv = main.make_model(config, len(train_images))
     mlp = build_mlp_vae(seed=config.seed)
     mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))

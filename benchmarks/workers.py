@@ -42,8 +42,15 @@ BASELINE = dict(
 # ---------------------------------------------------------------------------------------
 
 
-def build_baseline(image_size=BASELINE["image_size"], latent_dim=BASELINE["latent_dim"], seed=None):
-    """The Keras example's encoder and decoder, adapted to 32x32, inside this project's VAE."""
+def build_baseline(
+    image_size=BASELINE["image_size"],
+    latent_dim=BASELINE["latent_dim"],
+    seed=None,
+    channels=1,
+    likelihood="bernoulli",
+):
+    """The Keras example's encoder and decoder, adapted to 32x32, inside this project's VAE;
+    for colour images (`channels` 3) with this program's `likelihood` of them."""
     import keras
     from keras import layers
 
@@ -51,7 +58,7 @@ def build_baseline(image_size=BASELINE["image_size"], latent_dim=BASELINE["laten
 
     small, large = BASELINE["filters"]
     base_size = image_size // 4
-    inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
+    inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
     x = layers.Conv2D(small, 3, strides=2, padding="same", activation="relu")(inputs)
     x = layers.Conv2D(large, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Flatten()(x)
@@ -65,12 +72,13 @@ def build_baseline(image_size=BASELINE["image_size"], latent_dim=BASELINE["laten
     x = layers.Reshape((base_size, base_size, large))(x)
     x = layers.Conv2DTranspose(large, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(small, 3, strides=2, padding="same", activation="relu")(x)
-    logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits")(x)
-    image = layers.Activation("sigmoid", name="image")(logits)
+    image = vae_module.likelihood_head(
+        x, image_size=image_size, channels=channels, likelihood=likelihood
+    )
     decoder = keras.Model(latent_inputs, image, name="decoder")
 
-    model = vae_module.VAE(encoder, decoder, seed=seed, name="baseline_vae")
-    model(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
+    model = vae_module.VAE(encoder, decoder, seed=seed, likelihood=likelihood, name="baseline_vae")
+    model(keras.ops.zeros((1, image_size, image_size, channels)))  # create every weight now
     return model
 
 
@@ -171,12 +179,19 @@ def run_training_worker(name, args):
     import data
     import main
 
-    overrides = {"data_dir": args.data_dir, "limit": args.limit, "seed": args.seed}
+    overrides = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "limit": args.limit,
+        "seed": args.seed,
+    }
     config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
+    images = main.load_images(config)
+    config = main.settled(config, images.colour)
     if name == "default":
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
     keras.utils.set_random_seed(config.seed)
-    (train_images, _), (test_images, _) = main.load_images(config)
+    train_images, test_images = images.train_images, images.test_images
     if name == "default":
         epochs = args.epochs_default or config.epochs
         # The learning-rate schedule spans the epochs actually run.
@@ -194,7 +209,13 @@ def run_training_worker(name, args):
     else:
         keras.config.set_dtype_policy("float32")
         epochs = args.epochs_baseline or BASELINE["epochs"]
-        model = build_baseline(config.image_size, BASELINE["latent_dim"], seed=config.seed)
+        model = build_baseline(
+            config.image_size,
+            BASELINE["latent_dim"],
+            seed=config.seed,
+            channels=images.train_images.shape[-1],
+            likelihood=config.likelihood,
+        )
         model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
         batch_size = BASELINE["batch_size"]
         description = (

@@ -103,3 +103,45 @@ def test_models_saved_on_one_backend_load_on_every_backend(runs):
                     atol=1e-5,
                     err_msg=f"{name}: trained on {trained_on}, loaded on {loaded_on}",
                 )
+
+
+COLOUR_MODEL = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import keras, numpy as np
+import main, vae
+rng = np.random.default_rng(0)
+values = (rng.integers(0, 256, (2, 4, 4, 3)) / 255).astype("float32")
+location = values + rng.normal(0, 0.05, values.shape)
+logits = np.concatenate([location, rng.uniform(-6, -1, values.shape)], -1).astype("float32")
+nats = vae.reconstruction_nats(values, logits, "discretized_logistic")
+model = main.build_model(
+    main.Config(dataset="cifar10", latent_dim=2, filters=4, hidden_units=8, dtype_policy="float32")
+)
+model.compile(optimizer=vae.FusedAdam(1e-3))
+images = (rng.integers(0, 256, (8, 32, 32, 3)) / 255).astype("float32")
+losses = [float(model.train_on_batch(images, return_dict=True)["loss"]) for _ in range(3)]
+decoded = keras.ops.convert_to_numpy(model.decoder(np.zeros((1, 2), "float32")))
+print(json.dumps({{"nats": keras.ops.convert_to_numpy(nats).tolist(), "losses": losses,
+                  "decoded": [list(decoded.shape), float(decoded.min()), float(decoded.max())]}}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_colour_model_with_the_discretized_logistic_trains_on_every_backend(backend):
+    import keras
+
+    import vae
+
+    if backend not in installed_backends():
+        pytest.skip(f"{backend} is not installed")
+    result = run_python(COLOUR_MODEL.format(repo=str(REPO)), env={"KERAS_BACKEND": backend})
+    rng = np.random.default_rng(0)  # the same values as in COLOUR_MODEL, here on TensorFlow
+    values = (rng.integers(0, 256, (2, 4, 4, 3)) / 255).astype("float32")
+    location = values + rng.normal(0, 0.05, values.shape)
+    logits = np.concatenate([location, rng.uniform(-6, -1, values.shape)], -1).astype("float32")
+    expected = vae.reconstruction_nats(values, logits, "discretized_logistic")
+    np.testing.assert_allclose(result["nats"], keras.ops.convert_to_numpy(expected), rtol=1e-5)
+    assert np.all(np.isfinite(result["losses"])) and result["losses"][-1] < result["losses"][0]
+    shape, low, high = result["decoded"]
+    assert shape == [1, 32, 32, 3] and 0 <= low <= high <= 1

@@ -55,6 +55,21 @@ def test_baseline_shapes_and_flops():
     )  # 2 Conv2D + 3 Dense in the encoder, 1 Dense + 3 Conv2DTranspose in the decoder
 
 
+def test_baseline_for_colour_images_with_the_discretized_logistic():
+    model = workers.build_baseline(seed=0, channels=3, likelihood="discretized_logistic")
+    assert model.encoder.input.shape == (None, 32, 32, 3)
+    assert model.decoder.output.shape == (None, 32, 32, 3)
+    assert model.decoder.get_layer("logits").filters == 6  # a location and a log-scale each
+    # Only the first convolution and the logits see the channels: 3 in, 6 out.
+    encoder = 16 * 16 * 9 * 3 * 32 + 8 * 8 * 9 * 32 * 64 + 4096 * 16 + 2 * 16 * 2
+    decoder = 2 * 4096 + 8 * 8 * 9 * 64 * 64 + 16 * 16 * 9 * 64 * 32 + 32 * 32 * 9 * 32 * 6
+    assert flops.vae_flops(model)[0] == 2 * (encoder + decoder)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32") / 255
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    losses = [model.train_on_batch(images, return_dict=True)["loss"] for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
 CURVE = [(10.0, 200.0), (20.0, 150.0), (30.0, 120.0), (40.0, 125.0)]
 
 
@@ -172,6 +187,22 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     # Two seeds 2 nats apart: mean in the middle, sample standard deviation sqrt(2).
     assert f"{result['final_val_loss'] + 1.0:.2f} ± 1.41" in lines[3]
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_backend_row_trains_on_colour_images(tmp_path):
+    from cifar10_files import python_batches, write_archive
+
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", python_batches(300, 60)[0])
+    args = benchmark.parse_args(
+        ["--dataset", "cifar10", "--data-dir", str(archive), "--backend-images", "300"]
+    )
+    args.backend_epochs = 1
+    assert benchmark.parse_args(
+        benchmark._worker_argv(args, "default", "out.json")[2:]
+    ).dataset == ("cifar10")
+    result = workers.run_backend_worker(args)
+    assert result["config"]["dataset"] == "cifar10" and result["config"]["colour"] == "rgb"
+    assert "latent 128" in result["description"] and np.isfinite(result["final_val_loss"])
 
 
 def test_matmul_peak_reports_the_best_size():

@@ -19,6 +19,11 @@ def test_help_documents_every_setting_with_its_default():
     for config_field in dataclasses.fields(main.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
     assert f"(default: {main.Config().epochs})" in result.stdout
+    # Defaults that depend on the images say so; no flag shows "None".
+    help_text = " ".join(result.stdout.split())
+    assert "default 2 for grey images" in help_text and "128 for colour ones" in help_text
+    assert "auto: bernoulli for grey images, discretized_logistic for colour ones" in help_text
+    assert "(default: None)" not in help_text
 
 
 def test_readme_lists_every_setting_in_its_flags_table():
@@ -64,6 +69,12 @@ def test_flags_map_onto_config():
             ["--plot-class", "3", "--conditional", "--latent-dim", "3"],
             "--plot-class draws a class's 2-D manifold: it needs --latent-dim 2",
         ),
+        (["--image-size", "24"], "at least 28 for --dataset mnist"),  # digits are padded
+        (["--dataset", "cifar10", "--image-size", "18"], "a multiple of 4 and at least 4"),
+        (["--test-split", "1"], "must be a number between 0 and 1, got 1"),
+        (["--likelihood", "gaussian"], "invalid choice: 'gaussian'"),
+        (["--colour", "cmyk"], "invalid choice: 'cmyk'"),
+        (["--plot-class", "-1"], "must be 0 or a positive integer, got -1"),
     ],
 )
 def test_bad_values_are_refused_with_usage(arguments, message, capsys):
@@ -74,6 +85,22 @@ def test_bad_values_are_refused_with_usage(arguments, message, capsys):
     assert "usage:" in error and message in error
 
 
+def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
+    settled = main.settled(main.Config())
+    assert (settled.colour, settled.latent_dim, settled.likelihood) == ("grey", 2, "bernoulli")
+    settled = main.settled(main.Config(dataset="cifar10"))
+    assert (settled.colour, settled.latent_dim, settled.likelihood) == (
+        "rgb",
+        128,
+        "discretized_logistic",
+    )
+    # What the user says wins; a folder's colour is the images'.
+    settled = main.settled(main.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli"))
+    assert (settled.latent_dim, settled.likelihood) == (16, "bernoulli")
+    assert main.settled(main.Config(dataset="folder"), "rgb").latent_dim == 128
+    assert main.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
+
+
 def test_bad_data_dir_gives_one_line_error(tmp_path):
     result = run_main(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert result.returncode == 1
@@ -82,6 +109,24 @@ def test_bad_data_dir_gives_one_line_error(tmp_path):
         == f"error: {tmp_path}/train-images-idx3-ubyte.gz: file not found"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dataset", "folder"], "error: --dataset folder needs --data-dir DIR"),
+        (
+            ["--dataset", "cifar10", "--data-dir", "{tmp}"],
+            "error: {tmp}: no CIFAR-10 batches there",
+        ),
+    ],
+)
+def test_colour_data_mistakes_give_one_line_error(tmp_path, arguments, message):
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        main.main([*arguments, "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code.startswith(message.format(tmp=tmp_path))
+    assert "\n" not in exit_info.value.code
 
 
 ONEDNN_STATE = """

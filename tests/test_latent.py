@@ -13,7 +13,7 @@ import evaluation
 import main
 import vae as vae_module
 from benchmarks import latent_sizes
-from conftest import hparams_tab, quick_arguments, quick_config
+from conftest import hparams_tab, quick_arguments, quick_config, small_vae
 
 
 def test_entropy_floor_of_a_hand_made_array():
@@ -139,3 +139,20 @@ def test_mlp_baseline_has_the_pytorch_example_shapes_and_learns():
     losses = [model.train_on_batch(images, return_dict=True)["loss"] for _ in range(4)]
     assert 784 * 0.5 < losses[0] < 784 * 1.0  # about log 2 nats per random pixel at the start
     assert losses[-1] < losses[0]
+
+
+def test_traversals_draw_the_sixteen_most_informative_dimensions_at_most(tmp_path):
+    """A colour model's 128 dimensions would make a picture too tall to read."""
+    import matplotlib.image
+
+    import plotting
+
+    decoder = small_vae(latent_dim=40).decoder
+    rng = np.random.default_rng(0)
+    z_mean = rng.normal(0, 2, (50, 40))  # every dimension far from the prior: all active
+    z_log_var = np.full((50, 40), -2.0)
+    heights = {}
+    for name, rows in (("default", {}), ("sixteen", {"max_rows": 16}), ("all", {"max_rows": 40})):
+        plotting.plot_traversals(decoder, z_mean, z_log_var, None, tmp_path / f"{name}.png", **rows)
+        heights[name] = matplotlib.image.imread(tmp_path / f"{name}.png").shape[0]
+    assert heights["default"] == heights["sixteen"] < heights["all"]

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import evaluation
 import vae as vae_module
 from conftest import small_vae
 
@@ -121,3 +122,104 @@ def test_fused_adam_trains_exactly_as_keras_adam():
         )
     for keras_adam, fused_adam in zip(*trained, strict=True):
         np.testing.assert_allclose(fused_adam, keras_adam, rtol=1e-4, atol=1e-6)
+
+
+# The discretized logistic likelihood of 8-bit values, against numbers worked out apart from it.
+
+LEVELS = np.arange(256) / 255.0
+HALF_LEVEL = 0.5 / 255
+
+
+def reference_probabilities(values, location, scale):
+    """P(value) under a logistic discretized to the 256 levels, in float64 with scipy: the
+    mass within half a level of the value, the end levels taking their tails too."""
+    from scipy.special import expit
+
+    upper = np.where(values > 1 - HALF_LEVEL, 1.0, expit((values + HALF_LEVEL - location) / scale))
+    lower = np.where(values < HALF_LEVEL, 0.0, expit((values - HALF_LEVEL - location) / scale))
+    return upper - lower
+
+
+@pytest.mark.parametrize(
+    "location, log_scale",
+    [(0.5, -3.0), (0.0, -6.0), (1.0, -6.0), (-0.3, -1.0), (1.4, 0.5), (0.25, -9.0), (0.9, 3.0)],
+)
+def test_discretized_logistic_probabilities_of_the_256_levels_sum_to_one(location, log_scale):
+    log_probabilities = keras.ops.convert_to_numpy(
+        vae_module.discretized_logistic_log_probability(
+            LEVELS.astype(np.float32), np.float32(location), np.float32(log_scale)
+        )
+    ).astype(np.float64)
+    assert log_probabilities.max() <= 0
+    np.testing.assert_allclose(np.exp(log_probabilities).sum(), 1.0, rtol=1e-5)
+
+
+def test_discretized_logistic_loss_equals_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 256, (3, 4, 4, 3)) / 255.0
+    values[0, 0, 0] = [0.0, 1.0, 0.0]  # the end levels too
+    location = values + rng.normal(0, 0.05, values.shape)
+    log_scale = rng.uniform(np.log(0.005), np.log(0.3), values.shape)
+    logits = np.concatenate([location, log_scale], axis=-1).astype(np.float32)
+    nats = keras.ops.convert_to_numpy(
+        vae_module.reconstruction_nats(values.astype(np.float32), logits, "discretized_logistic")
+    )
+    expected = -np.log(reference_probabilities(values, location, np.exp(log_scale)))
+    np.testing.assert_allclose(nats, expected.reshape(3, -1).sum(axis=1), rtol=1e-4)
+
+
+def test_bits_per_dimension_of_a_hand_case():
+    """Each value's logistic centred on its level with scale = half a level / ln 3 gives that
+    level sigmoid(ln 3) - sigmoid(-ln 3) = 3/4 - 1/4 = 1/2: one bit per value. The lowest
+    level takes its tail too, sigmoid(ln 3) = 3/4: -log2(3/4) = 0.415 bits."""
+    scale = HALF_LEVEL / np.log(3)
+    middle = np.array([[[[1, 128, 254], [7, 30, 200]]]]) / 255.0  # 1 x 1 x 2 x 3: six values
+    with_an_end = middle.copy()
+    with_an_end[0, 0, 0, 0] = 0.0
+    for values, bits in ((middle, 1.0), (with_an_end, (5 + np.log2(4 / 3)) / 6)):
+        logits = np.concatenate([values, np.full(values.shape, np.log(scale))], axis=-1)
+        nats = float(
+            vae_module.reconstruction_nats(
+                values.astype(np.float32), logits.astype(np.float32), "discretized_logistic"
+            )[0]
+        )
+        assert evaluation.bits_per_dimension(nats, values.size) == pytest.approx(bits, rel=1e-4)
+    assert evaluation.bits_per_dimension(6 * np.log(2), 6) == pytest.approx(1.0)
+    assert evaluation.bits_per_dimension(3072 * 8 * np.log(2), 3072) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("likelihood, parameters", [("bernoulli", 1), ("discretized_logistic", 2)])
+def test_a_colour_model_follows_the_channels_and_its_likelihood(likelihood, parameters):
+    model = small_vae(colour="rgb", latent_dim=4, likelihood=likelihood)
+    assert model.encoder.input.shape == (None, 32, 32, 3)
+    assert model.decoder.output.shape == (None, 32, 32, 3)
+    assert model.decoder.get_layer("logits").output.shape == (None, 32, 32, 3 * parameters)
+    assert model.dimensions == 3072
+    z = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    images = model.decoder.predict(z, verbose=0)
+    logits = model.decoder_logits.predict(z, verbose=0).astype(np.float64)
+    # The image users get: probabilities, or each value's location clipped to [0, 1].
+    expected = 1 / (1 + np.exp(-logits)) if parameters == 1 else np.clip(logits[..., :3], 0, 1)
+    np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_discretized_logistic_loss_is_its_nats_plus_kl_per_image():
+    model = small_vae(colour="rgb", latent_dim=3, likelihood="discretized_logistic")
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.float32) / 255
+    outputs = {key: keras.ops.convert_to_numpy(value) for key, value in model(images).items()}
+    loss = float(model.compute_loss(x=images, y_pred=outputs, training=False))
+    location, log_scale = np.split(outputs["logits"].astype(np.float64), 2, axis=-1)
+    nats = -np.log(reference_probabilities(images, location, np.exp(log_scale)))
+    mean, log_var = outputs["z_mean"].astype(np.float64), outputs["z_log_var"].astype(np.float64)
+    kl = (-0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(axis=1)).mean()
+    np.testing.assert_allclose(loss, nats.reshape(4, -1).sum(axis=1).mean() + kl, rtol=1e-5)
+    np.testing.assert_allclose(outputs["reconstruction"], np.clip(location, 0, 1), atol=1e-6)
+
+
+def test_the_discretized_logistic_keeps_its_logits_in_float32_under_bfloat16():
+    """bfloat16 spaces numbers between 0.5 and 1 by 1/256: a location rounded to them can be
+    half a level (1/255) off, where a sharp logistic puts most of its mass in one level."""
+    colour = small_vae(colour="rgb", latent_dim=2, dtype_policy="mixed_bfloat16")
+    grey = small_vae(latent_dim=2, dtype_policy="mixed_bfloat16")
+    assert colour.decoder.get_layer("logits").compute_dtype == "float32"
+    assert grey.decoder.get_layer("logits").compute_dtype == "bfloat16"

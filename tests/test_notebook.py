@@ -1,14 +1,21 @@
 """notebooks/explore.ipynb, executed headless on the models of short real runs.
 
 Each picture section of the notebook is a code cell tagged with the section's name;
-the tests look the cells up by tag.
+the tests look the cells up by tag. The notebook reads its test images with data.py, so
+each test gives it another of the formats main.py reads.
 """
 
+import base64
+import gzip
+import io
 import json
 import os
 
+import numpy as np
 import pytest
 
+import data
+from cifar10_files import python_batches, write_archive
 from conftest import REPO, quick_config
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
@@ -72,12 +79,39 @@ def printed(notebook):
     )
 
 
-def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
+def pictures_in(cell):
+    """The cell's pictures as RGB(A) arrays."""
+    from PIL import Image
+
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"]))))
+        for output in images_in(cell)
+    ]
+
+
+def colour_spread(picture):
+    """Mean absolute difference between a picture's channels: exactly 0 for a grey one."""
+    rgb = np.asarray(picture, np.float64)[..., :3]
+    return np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()
+
+
+def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, tmp_path):
     pytest.importorskip("ipywidgets")
     output_dir, _, _ = trained_run  # latent size 2
-    notebook = execute(output_dir, mnist_dir)
+    # Keras' mnist.npz, as main.py reads it from --data-dir (a few training images suffice).
+    _, (test_images, test_labels) = data.load_dataset("mnist", mnist_dir)
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=test_images[:10],
+        y_train=test_labels[:10],
+        x_test=test_images,
+        y_test=test_labels,
+    )
+    notebook = execute(output_dir, str(tmp_path))
 
-    assert "a VAE of mnist, latent size 2" in printed(notebook)
+    assert "a VAE of mnist, latent size 2, 32x32 grey images" in printed(notebook)
+    assert "2000 test images of shape (32, 32, 1), 10 classes" in printed(notebook)
+    assert colour_spread(pictures_in(cell(notebook, "reconstructions"))[0]) == 0
     for section in PICTURE_SECTIONS:
         assert len(images_in(cell(notebook, section))) == 1, section
     for section in CONDITIONAL_SECTIONS:  # nothing to draw: the cell says why
@@ -108,6 +142,8 @@ def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir):
 def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(
     tmp_path, mnist_dir
 ):
+    """The model, not metrics.json, says its latent size and that it is conditional; the test
+    images come from uncompressed IDX files, as main.py also reads them."""
     import main
 
     output_dir = tmp_path / "run"
@@ -116,12 +152,43 @@ def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidge
             output_dir, mnist_dir, conditional=True, latent_dim=3, plots=False, image_every=0
         )
     )
-    notebook = execute(output_dir, mnist_dir, hide=("ipywidgets", tmp_path / "hidden"))
+    metrics_file = output_dir / "models" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["config"].update(latent_dim=99, conditional=False, image_size=64)
+    metrics_file.write_text(json.dumps(metrics))
+    uncompressed = tmp_path / "uncompressed"
+    uncompressed.mkdir()
+    for name in (data.IDX_FILES["test_images"], data.IDX_FILES["test_labels"]):
+        with gzip.open(os.path.join(mnist_dir, name)) as packed:
+            (uncompressed / name.removesuffix(".gz")).write_bytes(packed.read())
+    notebook = execute(output_dir, str(uncompressed), hide=("ipywidgets", tmp_path / "hidden"))
 
-    assert "a conditional VAE of mnist, latent size 3" in printed(notebook)
+    assert "a conditional VAE of mnist, latent size 3, 32x32 grey images" in printed(notebook)
     for section in PICTURE_SECTIONS + CONDITIONAL_SECTIONS + ["interactive"]:
         assert len(images_in(cell(notebook, section))) == 1, section
     assert "ipywidgets is not installed" in printed(notebook)
+
+
+def test_notebook_draws_a_colour_model_in_colour(tmp_path):
+    """A CIFAR-10 model, its test images read from the archive itself."""
+    import main
+
+    files, _ = python_batches(train_count=250, test_count=60)
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", files)
+    output_dir = tmp_path / "run"
+    main.train(
+        quick_config(
+            output_dir, str(archive), dataset="cifar10", latent_dim=4, plots=False, image_every=0
+        )
+    )
+    notebook = execute(output_dir, str(archive))
+
+    assert "a VAE of cifar10, latent size 4, 32x32 colour images" in printed(notebook)
+    assert "60 test images of shape (32, 32, 3), 10 classes" in printed(notebook)
+    for section in PICTURE_SECTIONS:
+        [picture] = pictures_in(cell(notebook, section))
+        if section != "latent-space":
+            assert colour_spread(picture) > 0.1, section  # grey would be exactly 0
 
 
 def test_missing_models_stop_the_notebook_with_one_sentence(tmp_path):
@@ -148,7 +215,7 @@ def test_a_wrong_data_folder_stops_the_notebook_with_one_sentence(tmp_path):
 
     assert failure.value.ename == "FileNotFoundError"
     assert failure.value.evalue.startswith(
-        f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} is not a folder"
+        f"VAE_DATA_DIR {tmp_path / 'no-such-folder'} does not exist"
     )
 
 
