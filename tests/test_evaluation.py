@@ -74,9 +74,11 @@ def test_evaluate_only_keeps_the_trained_settings_in_the_record(tmp_path, mnist_
     record = json.loads((tmp_path / "models" / "metrics.json").read_text())
     assert record["config"] == {
         "dataset": "mnist",
-        "latent_dim": 3,
-        "conditional": False,
         "image_size": 32,
+        "colour": "grey",
+        "latent_dim": 3,
+        "likelihood": "bernoulli",
+        "conditional": False,
     }
     with pytest.raises(SystemExit) as exit_info:  # a plain model has no class to draw
         main.main([*evaluate, "--plot-class", "2"])

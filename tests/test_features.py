@@ -119,7 +119,7 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
     # 8 columns, 2 grey pixels between them. The samples: 16 in 2 rows.
     assert cards["reconstructions"].shape == (4 * 32 + 3 * 2, 8 * 32 + 7 * 2, 1)
     assert cards["samples from the prior"].shape == (2 * 32 + 2, 8 * 32 + 7 * 2, 1)
-    (_, (test_images, _)) = main.load_images(quick_config(tmp_path, mnist_dir, limit=256))
+    test_images = main.load_images(quick_config(tmp_path, mnist_dir, limit=256)).test_images
     top = np.pad(cards["reconstructions"][:32], ((0, 0), (0, 2), (0, 0)))  # 8 tiles of 32 + 2
     first_row = top.reshape(32, 8, 34, 1)[:, :, :32]
     expected = np.round(test_images[:8, ..., 0] * 255).transpose(1, 0, 2)

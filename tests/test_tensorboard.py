@@ -93,11 +93,12 @@ def test_the_projector_shows_every_test_image_with_its_class_and_picture(
     info = json.loads(tensorboard("data/plugin/projector/info", run=f"{run}/projector"))
     (embedding,) = info["embeddings"]
     config = quick_config(logs, mnist_dir, **RUNS[run])
-    _, (test_images, test_labels) = main.load_images(config)
+    images = main.load_images(config)
+    test_images, test_labels = images.test_images, images.test_labels
     count = len(test_images)  # 512 // 6 = 85: all of them
     assert embedding["tensorName"] == TENSOR
     # The Projector draws three coordinates: a 2-D latent space lies in the plane z[2] = 0.
-    assert embedding["tensorShape"] == [count, max(config.latent_dim, 3)]
+    assert embedding["tensorShape"] == [count, max(RUNS[run].get("latent_dim", 2), 3)]
     assert embedding["sprite"]["singleImageDim"] == [32, 32]
 
     query = dict(run=f"{run}/projector", name=TENSOR)
