@@ -572,6 +572,7 @@ def train(config):
 
         with placement.scope():  # the model, its optimizer and metrics live on every replica
             vae = placement.prepare(make_model(config, train_count, images.num_classes))
+            vae.start_from_data(train_images)  # a resumed run's backup replaces it
         run_name, resumed = prepare_run(config, write=placement.is_chief)
         progress = read_progress(config.output_dir) if resumed else {}
         log_dir = os.path.join(config.output_dir, "logs")

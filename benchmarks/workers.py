@@ -223,6 +223,7 @@ def run_training_worker(name, args):
             f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, Adam "
             f"{BASELINE['learning_rate']:g}"
         )
+    model.start_from_data(train_images)  # as main.train does (a discretized logistic only)
     description += f", {epochs} epochs, compute dtype {model.encoder.layers[1].compute_dtype}"
     forward, training, per_layer = vae_flops(model)
 

@@ -3,6 +3,7 @@
 The files are written as the official archives hold them (tests/cifar10_files.py): Python-2
 protocol-2 pickles, or the binary version's fixed records."""
 
+import dataclasses
 import glob
 import io
 import json
@@ -322,6 +323,22 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
     decoded = np.array(reloaded["decoded"])
     assert decoded.shape == (2, 32, 32, 3) and decoded.min() >= 0 and decoded.max() <= 1
     np.testing.assert_allclose(decoded, vae.decoder.predict(z_mean, verbose=0), atol=1e-6)
+
+    # --evaluate-only takes the size, colour, latent size and likelihood from the model file.
+    evaluated = main.Config(
+        dataset="cifar10",
+        data_dir=str(cifar10_archive),
+        output_dir=str(tmp_path),
+        evaluate_only=True,
+        iw_samples=2,
+        plots=False,
+    )
+    main.evaluate_saved_model(evaluated)
+    again = json.loads((tmp_path / "models" / "metrics.json").read_text())
+    assert again["test"]["iw_samples"] == 2 and again["test"]["likelihood"] == test["likelihood"]
+    assert (again["config"]["latent_dim"], again["config"]["colour"]) == (8, "rgb")
+    with pytest.raises(main.RunError, match="was trained with --colour rgb; add --colour rgb"):
+        main.evaluate_saved_model(dataclasses.replace(evaluated, colour="grey"))
 
 
 def test_a_conditional_colour_model_at_64_pixels(tmp_path, cifar10_archive):

@@ -104,7 +104,15 @@ def test_hparams_tab_lists_every_run_with_its_settings_and_test_figures(two_runs
         "limit",
     } <= columns
     metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
-    for name in ("negative_elbo", "iw_nll", "kl_loss", "active_units", "data_entropy_floor"):
+    for name in (
+        "negative_elbo",
+        "iw_nll",
+        "bits_per_dim",
+        "iw_bits_per_dim",
+        "kl_loss",
+        "active_units",
+        "data_entropy_floor",
+    ):
         assert ("evaluation", f"test/{name}") in metrics
     assert ("evaluation", "training/seconds") in metrics
 

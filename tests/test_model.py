@@ -223,3 +223,26 @@ def test_the_discretized_logistic_keeps_its_logits_in_float32_under_bfloat16():
     grey = small_vae(latent_dim=2, dtype_policy="mixed_bfloat16")
     assert colour.decoder.get_layer("logits").compute_dtype == "float32"
     assert grey.decoder.get_layer("logits").compute_dtype == "bfloat16"
+
+
+def test_a_discretized_logistic_starts_where_the_images_are():
+    """Each channel's location at its mean level, its scale a logistic's of the same spread:
+    a logistic of scale s has standard deviation s pi / sqrt(3)."""
+    images = np.zeros((4, 32, 32, 3), np.float32)
+    images[:2, ..., 0] = 1.0  # red: half the images at 1, half at 0: mean 0.5, spread 0.5
+    images[..., 1] = 0.25  # green: one level throughout: no spread
+    images[:, :16, :, 2] = 0.8  # blue: half of every image at 0.8: mean 0.4, spread 0.4
+    model = small_vae(colour="rgb", latent_dim=2, likelihood="discretized_logistic")
+    model.start_from_data(images)
+    bias = keras.ops.convert_to_numpy(model.decoder.get_layer("logits").bias)
+    np.testing.assert_allclose(bias[:3], [0.5, 0.25, 0.4], rtol=1e-6)
+    half_level = 0.5 / 255
+    np.testing.assert_allclose(
+        np.exp(bias[3:]) * np.pi / np.sqrt(3), [0.5, half_level, 0.4], rtol=1e-5
+    )
+    bernoulli = small_vae(colour="rgb", latent_dim=2, likelihood="bernoulli")
+    before = keras.ops.convert_to_numpy(bernoulli.decoder.get_layer("logits").bias)
+    bernoulli.start_from_data(images)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(bernoulli.decoder.get_layer("logits").bias), before
+    )
