@@ -68,6 +68,17 @@ def _log_normal(z, mean, log_var):
     return -0.5 * np.sum(LOG_2PI + log_var + (z - mean) ** 2 / np.exp(log_var), axis=-1)
 
 
+def sample_nats_model(vae):
+    """-log p(x|z) of each (z, image) pair in one compiled pass: the decoder's logits and the
+    likelihood together, so that the per-sample logits never leave the graph. Inputs
+    `[z, image]` (`[z, one_hot_label, image]` if conditional); output: nats per pair."""
+    decoder_inputs = [keras.Input(shape=tensor.shape[1:]) for tensor in vae.decoder_logits.inputs]
+    image = keras.Input(shape=vae.encoder.inputs[0].shape[1:])
+    logits = vae.decoder_logits(decoder_inputs if vae.conditional else decoder_inputs[0])
+    nats = reconstruction_nats(image, logits, vae.likelihood)
+    return keras.Model([*decoder_inputs, image], nats, name="sample_nats")
+
+
 def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, verbose=True):
     """Negative ELBO (with its parts) and IW negative log-likelihood on `images`.
 
@@ -78,6 +89,7 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     rng = np.random.default_rng(seed)
     reconstruction, kl, iw_nll = [], [], []
     started = time.perf_counter()
+    scorer = sample_nats_model(vae)
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
     for start in range(0, len(images), images_per_batch):
         batch = images[start : start + images_per_batch]
@@ -93,13 +105,12 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
             -1, z_mean.shape[1]
         )
         z = z.astype(np.float32)  # (batch * K, latent): all K samples decoded in one call
-        logits = vae.decoder_logits.predict_on_batch(
-            [z, np.repeat(conditions, samples, axis=0)] if vae.conditional else z
-        )
         repeated = np.repeat(batch, samples, axis=0)
-        nats = keras.ops.convert_to_numpy(
-            reconstruction_nats(repeated, logits, vae.likelihood)
-        ).reshape(len(batch), samples)
+        if vae.conditional:
+            inputs = [z, np.repeat(conditions, samples, axis=0), repeated]
+        else:
+            inputs = [z, repeated]
+        nats = np.asarray(scorer.predict_on_batch(inputs)).reshape(len(batch), samples)
         z = z.reshape(len(batch), samples, -1).astype(np.float64)
         log_weights = (
             -nats.astype(np.float64)

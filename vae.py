@@ -238,7 +238,7 @@ def reconstruction_nats(images, logits, likelihood="bernoulli"):
     else:
         location, log_scale = ops.split(logits, 2, axis=-1)
         nats = -discretized_logistic_log_probability(images, location, log_scale)
-    return ops.sum(ops.reshape(nats, (ops.shape(images)[0], -1)), axis=-1)
+    return ops.sum(nats, axis=tuple(range(1, len(nats.shape))))
 
 
 def decoded_image(logits, likelihood="bernoulli"):
