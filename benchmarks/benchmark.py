@@ -1,53 +1,56 @@
 """Benchmark: this program's default VAE against the Keras example's small VAE, side by side.
 
-    python benchmarks/benchmark.py            # the full comparison (40 to 48 minutes on a 2-core CPU; 2 1/2 hours at half speed)
-    python benchmarks/benchmark.py --quick    # a few minutes: 6,000 / 1,000 images, 3 epochs each
-    python benchmarks/benchmark.py --only-backends   # only the per-backend rows (20 minutes; 40 at half speed)
+    python benchmarks/benchmark.py                   # the full comparison
+    python benchmarks/benchmark.py --quick           # a few minutes: 6,000 / 1,000 images
+    python benchmarks/benchmark.py --only-backends   # only the per-backend rows
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 
-- "default": `main.make_model(main.Config())` with the program's default settings, for
-  `Config().epochs` epochs;
+- "default": `main.make_model(main.Config())`, the program's default settings;
 - "baseline": the small architecture of the Keras documentation's VAE example adapted to
   32x32 (Conv2D 32 and 64, Dense 16, latent 2; mirrored Conv2DTranspose decoder), batch
-  128, Adam 1e-3, float32, 30 epochs, wrapped in `vae.VAE` so the loss is the same.
+  128, Adam 1e-3, float32, wrapped in `vae.VAE` so the loss is the same.
 
-For each it measures the test negative ELBO (`val_loss`, nats/image, one z sample per
-image) after every epoch against the training wall-clock (validation passes excluded),
-the final value, the value reached within the same time budget (the shorter run's
-duration), the seconds each takes to reach the baseline's final value, training
-images/s, seconds per epoch, peak resident memory (getrusage ru_maxrss of its own
-process), FLOPs per training image counted from the layer shapes and the GFLOP/s that
-makes, as a share of a float32 matrix-multiply peak measured in the same run (a bfloat16
-peak is measured and reported too).
+Each trains complete schedules at --budgets shares (default 1/4, 1/2 and 1) of a default
+run's training FLOPs: as many epochs as that budget buys it, the step size's schedule
+spanning them. The FLOPs are counted from the layer shapes, so the curve of final test
+negative ELBO against training FLOPs (elbo_vs_flops.png, left) holds on any machine; the
+same runs' seconds (right) and speed are this machine's. A run's GFLOP/s is given as a
+share of the matrix-multiply peak of the dtype its layers compute in, measured in the same
+run.
 
-The default trains once per --seeds seed (default 1 2 3): the mean and standard deviation
-of its final test -ELBO; the baseline, the curves and the backend speeds use the first.
+The two runs at budget 1 are also compared epoch by epoch: the test -ELBO (`val_loss`, one
+z sample per image) against the training wall-clock (validation passes excluded), the
+value within the same time, the seconds each takes to reach the baseline's final value,
+training images/s, seconds per epoch and peak resident memory. The default trains at
+budget 1 once per --seeds seed (default 1 2 3): the mean and standard deviation of its
+final test -ELBO.
 
 Then, for each Keras backend installed (TensorFlow, JAX, PyTorch), the default model
 trains for --backend-epochs epochs on the first --backend-images images, once per
 --backend-seeds seed (default 1 2 3 4 5), in its own subprocess with KERAS_BACKEND set:
 seconds per epoch (the last, so tracing and compilation are left out), training images/s
-and the test -ELBO's mean and standard deviation over the seeds, all on this machine in
-the same run.
+and the test -ELBO's mean and standard deviation over the seeds.
+
+The full run trains about six default runs' worth (1/4 + 1/2 + 1 for each model, and two
+more seeds), plus the backend rows: `python main.py`'s own time estimate times six is a
+fair guess of its length on your machine.
 
 Outputs go to --output-dir (default benchmarks/results/, git-ignored): benchmark.md (the
-table and the machine), benchmark.json (everything, per-epoch curves included) and
-elbo_vs_time.png. The table is also printed at the end.
+tables and the machine), benchmark.json (everything, per-epoch curves included) and
+elbo_vs_flops.png. The tables are also printed at the end.
 
 The pieces, beside this file: workers.py (what runs in each worker process: the training,
-the baseline model, the matmul peak), flops.py (FLOPs from layer shapes, the matmul peak)
-and reports.py (the figures read off the curves, the tables, benchmark.md and the plot).
-This file is the command line and the order of the run.
+the baseline model, the matmul peak), peak.py (the matmul peak) and reports.py (the figures
+read off the curves, the tables, benchmark.md and the plot); the FLOP count is the
+program's own flops.py. This file is the command line and the order of the run.
 """
 
 import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,17 +64,18 @@ from benchmarks.reports import (  # noqa: E402  (after the path above)
     backends_table,
     machine_description,
     markdown_table,
-    plot_curves,
+    plot_quality,
+    schedules_table,
     seeds_summary,
     seeds_table,
     summarize,
     write_markdown,
 )
 from benchmarks.workers import (  # noqa: E402
-    BASELINE,
     MODELS,
     installed_backends,
     run_backend_worker,
+    run_in_subprocess,
     run_matmul_worker,
     run_training_worker,
 )
@@ -82,14 +86,16 @@ BACKEND_EPOCHS = 2  # the first includes tracing / compilation; the last is time
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 DEFAULT_OUTPUT_DIR = REPO / "benchmarks" / "results"
 
+BUDGETS = (0.25, 0.5, 1.0)  # shares of a default run's training FLOPs
 # --quick: a subset in the ratio of main's --limit (N training, N // 6 test images).
 QUICK_LIMIT = 6000
 QUICK_EPOCHS = 3
+QUICK_BUDGETS = (0.5, 1.0)
 
 
-# ---------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------
+"""
+## Command line
+"""
 
 
 def parse_args(argv=None):
@@ -98,27 +104,30 @@ def parse_args(argv=None):
         "--quick",
         action="store_true",
         help=f"a few minutes: first {QUICK_LIMIT} training and {QUICK_LIMIT // 6} test images, "
-        f"{QUICK_EPOCHS} epochs each",
+        f"a default run of {QUICK_EPOCHS} epochs, budgets {' '.join(map(str, QUICK_BUDGETS))}",
     )
     parser.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="first N training and N // 6 test images, as main.py's --limit (default: all; --quick: "
-        f"{QUICK_LIMIT})",
+        help="first N training and N // 6 test images, as main.py's --limit (default: all; "
+        f"--quick: {QUICK_LIMIT})",
     )
     parser.add_argument(
         "--epochs-default",
         type=int,
         default=None,
-        help="epochs of the default model (default: main.Config().epochs; --quick: "
-        f"{QUICK_EPOCHS})",
+        help="epochs of a default run, the unit of the budgets (default: main.Config().epochs; "
+        f"--quick: {QUICK_EPOCHS})",
     )
     parser.add_argument(
-        "--epochs-baseline",
-        type=int,
+        "--budgets",
+        type=float,
+        nargs="+",
         default=None,
-        help=f"epochs of the baseline (default: {BASELINE['epochs']}; --quick: {QUICK_EPOCHS})",
+        help="each model trains complete schedules at these shares of a default run's training "
+        f"FLOPs (default: {' '.join(map(str, BUDGETS))}; --quick: "
+        f"{' '.join(map(str, QUICK_BUDGETS))})",
     )
     parser.add_argument(
         "--dataset",
@@ -143,8 +152,9 @@ def parse_args(argv=None):
         type=int,
         nargs="+",
         default=None,
-        help="the default model trains once per seed, reported as their mean and standard deviation; "
-        "the baseline and the backend rows use the first (default: 1 2 3; --quick: 1)",
+        help="the default model trains a full run once per seed, reported as their mean and "
+        "standard deviation; the schedules and the backend rows use the first (default: 1 2 3; "
+        "--quick: 1)",
     )
     parser.add_argument(
         "--backend-seeds",
@@ -172,9 +182,10 @@ def parse_args(argv=None):
         "--only-backends", action="store_true", help="only the per-backend rows: no baseline"
     )
     parser.add_argument("--worker", choices=(*MODELS, "matmul", "backend"), help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for flag in ("limit", "epochs_default", "epochs_baseline", "backend_images", "backend_epochs"):
+    for flag in ("limit", "epochs_default", "backend_images", "backend_epochs"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -182,10 +193,12 @@ def parse_args(argv=None):
         args.data_dir = str(SHARED_MNIST)
     if args.data_dir is not None and not os.path.exists(args.data_dir):
         parser.error(f"--data-dir {args.data_dir} does not exist")
+    if any(budget <= 0 for budget in args.budgets or ()):
+        parser.error(f"--budgets must be positive shares, got {args.budgets}")
     if args.quick:
         args.limit = args.limit or QUICK_LIMIT
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
-        args.epochs_baseline = args.epochs_baseline or QUICK_EPOCHS
+    args.budgets = sorted(args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS))
     args.backend_images = args.backend_images or (QUICK_LIMIT if args.quick else BACKEND_IMAGES)
     args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     args.backend_seeds = args.backend_seeds or ([1, 2] if args.quick else [1, 2, 3, 4, 5])
@@ -193,52 +206,38 @@ def parse_args(argv=None):
     return args
 
 
-def _worker_argv(args, name, output):
-    argv = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        name,
-        "--worker-output",
-        output,
-    ]
+def _worker_argv(args, name):
+    """The command line of a worker process: this file with --worker and the run's settings
+    (the one seed and budget it trains with); it ends with --worker-output, whose value
+    run_in_subprocess adds: the result file's path."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
     for flag in (
         "limit",
         "epochs_default",
-        "epochs_baseline",
         "dataset",
         "data_dir",
         "backend_images",
         "backend_epochs",
+        "budget",
     ):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
-    argv += ["--seeds", str(args.seed)]  # the one seed this worker trains with
+    argv += ["--seeds", str(args.seed)]
     if args.quick:
         argv.append("--quick")
-    return argv
+    return [*argv, "--worker-output"]
 
 
-def run_worker(args, name, backend=None, seed=None):
-    """Run one worker in a fresh Python process (on `backend`, with `seed`, if given) and
-    return its JSON result."""
-    environment = {**os.environ, "KERAS_BACKEND": backend} if backend else None
-    if seed is not None:
-        args = argparse.Namespace(**{**vars(args), "seed": seed})
-    with tempfile.TemporaryDirectory() as folder:
-        output = os.path.join(folder, "result.json")
-        print(
-            f"--- {name}{' on ' + backend if backend else ''}{f' (seed {seed})' if seed is not None else ''}",
-            flush=True,
-        )
-        completed = subprocess.run(_worker_argv(args, name, output), cwd=REPO, env=environment)
-        if completed.returncode != 0:
-            sys.exit(
-                f"error: the {name} worker failed (exit status {completed.returncode}); see its output above"
-            )
-        with open(output) as file:
-            return json.load(file)
+def run_worker(args, name, backend=None, seed=None, budget=None):
+    """One worker in a fresh Python process (on `backend`, with `seed` and `budget`, if
+    given): its JSON result."""
+    changes = {key: value for key, value in (("seed", seed), ("budget", budget)) if value}
+    args = argparse.Namespace(**{**vars(args), **changes})
+    label = name + (f" on {backend}" if backend else "") + (f", seed {seed}" if seed else "")
+    label += f", budget {budget:g}" if budget else ""
+    environment = {"KERAS_BACKEND": backend} if backend else None
+    return run_in_subprocess(_worker_argv(args, name), label, environment, cwd=REPO)
 
 
 def worker_main(args):
@@ -271,12 +270,17 @@ def main(argv=None):
     started = time.time()
     if args.only_backends:
         return report_backends(args, command, started)
-    results = {name: run_worker(args, name) for name in MODELS}  # data problems show up first
+    matmul = run_worker(args, "matmul")
+    schedules = {
+        name: {budget: run_worker(args, name, budget=budget) for budget in args.budgets}
+        for name in MODELS
+    }
+    full = max(args.budgets)
+    results = {name: schedules[name][full] for name in MODELS}
     # The default again with the other seeds: one seed's figure says little.
     seed_runs = [results["default"]] + [
-        run_worker(args, "default", seed=seed) for seed in args.seeds[1:]
+        run_worker(args, "default", seed=seed, budget=full) for seed in args.seeds[1:]
     ]
-    matmul = run_worker(args, "matmul")
     backends = {} if args.no_backends else run_backends(args)
     summary = summarize(results, matmul)
     report = {
@@ -284,6 +288,7 @@ def main(argv=None):
         "matmul_peak": matmul,
         "summary": summary,
         "seeds": seeds_summary(seed_runs),
+        "schedules": schedules,
         "results": results,
         "default_seed_runs": seed_runs[1:],
         "backends": backends,
@@ -291,18 +296,19 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2))
     write_markdown(output_dir / "benchmark.md", report)
-    plot_curves(output_dir / "elbo_vs_time.png", results, summary)
-    print()
-    print(markdown_table(results, summary))
-    print()
-    print(seeds_table(report["seeds"]))
-    if backends:
-        print()
-        print(backends_table(backends))
+    plot_quality(output_dir / "elbo_vs_flops.png", schedules)
+    for table in (
+        schedules_table(schedules, matmul),
+        markdown_table(results, summary),
+        seeds_table(report["seeds"]),
+        backends_table(backends) if backends else None,
+    ):
+        if table:
+            print(f"\n{table}")
     print(
         f"\nfloat32 matmul peak {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
         f"{matmul['bfloat16']['gflops']:,.1f} GFLOP/s. Report: {output_dir / 'benchmark.md'}, "
-        f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_time.png'}"
+        f"{output_dir / 'benchmark.json'}, {output_dir / 'elbo_vs_flops.png'}"
     )
 
 
@@ -338,7 +344,8 @@ def report_backends(args, command, started):
         f"# Keras backends\n\n{backends_table(backends)}\n\n- The default model on the first "
         f"{args.backend_images:,} training images, {args.backend_epochs} epochs, seeds "
         f"{', '.join(map(str, args.backend_seeds))}; the last epoch of the first seed is timed.\n"
-        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n- Command: `{command}`\n"
+        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores.\n"
+        f"- Command: `{command}`\n"
     )
     print()
     print(backends_table(backends))

@@ -1,22 +1,26 @@
-"""Beyond two latent dimensions: a second anchor (the PyTorch examples' MLP VAE) and a latent-size table.
+"""Beyond two latent dimensions: a second anchor (the PyTorch examples' MLP VAE) and a
+latent-size table.
 
     python benchmarks/latent_sizes.py baseline --data-dir ../shared/data/mnist
         the MLP VAE of the PyTorch examples (vae/main.py) alone, re-written in Keras: 10 epochs
-        (about a minute on a 2-core CPU); its published test loss after 10 epochs is ~105.6 nats
+        (a small share of a default run's time); its published test loss after 10 epochs is
+        ~105.6 nats
     python benchmarks/latent_sizes.py compare --data-dir ../shared/data/mnist
-        that MLP against `python main.py --latent-dim 20` (default epochs, ~10 minutes), each in
-        its own process: test -ELBO after every epoch against training seconds (wall and CPU)
+        that MLP against `python main.py --latent-dim 20` (default epochs: a default run's
+        time and more), each in its own process: test -ELBO after every epoch against
+        training seconds (wall and CPU)
     python benchmarks/latent_sizes.py speed --data-dir ../shared/data/mnist
-        training seconds per image of both, measured in turns in one process (about 2 minutes):
-        on a machine shared with other work their ratio holds where absolute times do not
+        training seconds per image of both, measured in turns in one process: on a machine
+        shared with other work their ratio holds where absolute times do not
     python benchmarks/latent_sizes.py table --data-dir ../shared/data/mnist \\
         --fashion-data-dir ../shared/data/fashion_mnist --epochs 2
         `python main.py --latent-dim L` for L = 2, 4, 8, 16, 32 on MNIST and Fashion-MNIST, each
         run in its own process: test -ELBO, IW-NLL, KL, active units, training seconds, and the
         data's entropy floor beside them
 
-Results go to benchmarks/results/latent_sizes/ (<part>.md, <part>.json, <part>.png; speed.json); each run of
-`table` keeps its output folder (models/, plots/, logs/) under runs/ there, so
+Results go to benchmarks/results/latent_sizes/ (<part>.md, <part>.json, <part>.png;
+speed.json); each run of `table` keeps its output folder (models/, plots/, logs/) under runs/
+there, so
 `tensorboard --logdir benchmarks/results/latent_sizes/runs` compares them in the HParams tab.
 
 The MLP reads 28x28 images; this program pads them to 32x32. The padding pixels are 0, which
@@ -29,7 +33,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +40,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.workers import clocks, make_epoch_clock  # noqa: E402
+from benchmarks.reports import machine_description, number, plot_panels  # noqa: E402
+from benchmarks.workers import clocks, make_epoch_clock, run_in_subprocess  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = REPO / "benchmarks" / "results" / "latent_sizes"
-# The PyTorch examples' vae/main.py: MLP 784-400-(20, 20), 20-400-784, Adam 1e-3, batch 128, 10 epochs.
+# The PyTorch examples' vae/main.py: MLP 784-400-(20, 20), 20-400-784, Adam 1e-3, batch 128,
+# 10 epochs.
 MLP = {
     "hidden_units": 400,
     "latent_dim": 20,
@@ -114,7 +119,8 @@ def train_worker(name, args):
         model.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
         description = (
             f"PyTorch example's MLP VAE in Keras: 784-{MLP['hidden_units']}-({MLP['latent_dim']}, "
-            f"{MLP['latent_dim']}), 28x28, batch {batch_size}, Adam {MLP['learning_rate']:g}, {epochs} epochs"
+            f"{MLP['latent_dim']}), 28x28, batch {batch_size}, Adam {MLP['learning_rate']:g}, "
+            f"{epochs} epochs"
         )
     else:
         config = dataclasses.replace(config, epochs=args.epochs or config.epochs)
@@ -123,7 +129,8 @@ def train_worker(name, args):
         epochs, batch_size = config.epochs, config.batch_size
         model = main.make_model(config, len(train_images))
         description = (
-            f"python main.py --latent-dim {config.latent_dim}: {config.image_size}x{config.image_size}, "
+            f"python main.py --latent-dim {config.latent_dim}: "
+            f"{config.image_size}x{config.image_size}, "
             f"batch {batch_size}, Adam {config.learning_rate:g}"
             f"{' with cosine decay' if config.cosine_decay else ''}, {epochs} epochs"
         )
@@ -153,8 +160,9 @@ def train_worker(name, args):
 
 
 def speed_ratio(args, images_per_round=6400, rounds=3):
-    """Training seconds per image of both models, measured in turns within one process, so that
-    other work on a shared machine slows both alike: their ratio holds where absolute times do not."""
+    """Training seconds per image of both models, measured in turns within one process, so
+    that other work on a shared machine slows both alike: their ratio holds where absolute
+    times do not."""
     import keras
 
     import data
@@ -202,35 +210,24 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
 
 def run_worker(name, args):
     """train_worker(name) in a fresh Python process; its JSON result."""
-    with tempfile.TemporaryDirectory() as folder:
-        output = os.path.join(folder, "result.json")
-        argv = [sys.executable, __file__, "worker", name, output]
-        for flag in ("data_dir", "limit", "epochs"):
-            if getattr(args, flag, None) is not None:
-                argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-        print(f"--- {name}: {shlex.join(argv[1:])}", flush=True)
-        completed = subprocess.run(argv, cwd=REPO)
-        if completed.returncode:
-            sys.exit(
-                f"error: the {name} worker failed (exit status {completed.returncode}); see its output above"
-            )
-        with open(output) as file:
-            return json.load(file)
+    argv = [sys.executable, __file__, "worker", name]
+    for flag in ("data_dir", "limit", "epochs"):
+        if getattr(args, flag, None) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return run_in_subprocess(argv, f"{name}: {shlex.join(argv[1:])}", cwd=REPO)
 
 
 def best_within(curve, budget, clock="seconds"):
-    """The lowest test -ELBO among the epochs finished within `budget` training seconds (None: none)."""
+    """The lowest test -ELBO among the epochs finished within `budget` training seconds
+    (None: none)."""
     reached = [epoch["val_loss"] for epoch in curve if epoch[clock] <= budget]
     return min(reached) if reached else None
 
 
-def _number(value, digits=2):
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def curve_rows(results):
     lines = [
-        "| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample; wall s, CPU s) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
+        "| model | parameters | epochs | training s | test -ELBO per epoch (1 z sample; wall "
+        "s, CPU s) | final test -ELBO (K = 32) | IW-NLL (K = 32) | KL | active units |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for result in results:
@@ -240,20 +237,31 @@ def curve_rows(results):
             for epoch in curve
         )
         lines.append(
-            f"| {result['description']} | {result['parameters']:,} | {len(curve)} | {curve[-1]['seconds']:.1f} | "
-            f"{per_epoch} | "
-            f"{test['negative_elbo']:.2f} | {test['iw_nll']:.2f} | {test['kl_loss']:.2f} | {test['active_units']} |"
+            f"| {result['description']} | {result['parameters']:,} | {len(curve)} | "
+            f"{curve[-1]['seconds']:.1f} | {per_epoch} | {test['negative_elbo']:.2f} | "
+            f"{test['iw_nll']:.2f} | {test['kl_loss']:.2f} | {test['active_units']} |"
         )
     return lines
 
 
+def clock_scale(clock):
+    """Seconds of `clock` per second of a machine with every core busy: 1 for wall seconds,
+    the usable cores for CPU seconds (all threads of the process)."""
+    return machine_description()["usable_cores"] if clock == "cpu_seconds" else 1
+
+
+def clock_name(clock):
+    cores = clock_scale("cpu_seconds")
+    return f"CPU seconds / {cores} cores" if clock == "cpu_seconds" else "wall seconds"
+
+
 def budget_rows(results, clock="seconds"):
-    """Who is ahead at each budget of wall seconds ("seconds") or of CPU seconds / 2 ("cpu_seconds":
-    what a dedicated 2-core machine would take if both cores were busy throughout)."""
+    """Who is ahead at each budget of wall seconds ("seconds") or of CPU seconds divided by
+    the usable cores ("cpu_seconds": what the run would take with every core busy)."""
     names = [LABELS[result["name"]] for result in results]
-    scale = 2 if clock == "cpu_seconds" else 1
+    scale = clock_scale(clock)
     lines = [
-        f"| budget ({'CPU seconds / 2' if scale == 2 else 'wall seconds'}) | "
+        f"| budget ({clock_name(clock)}) | "
         + " | ".join(f"{name}: best test -ELBO" for name in names)
         + " | ahead |",
         "| --- | " + " | ".join("---" for _ in names) + " | --- |",
@@ -265,45 +273,33 @@ def budget_rows(results, clock="seconds"):
         ]
         ahead = min(known)[1] if known else "-"
         lines.append(
-            f"| {budget} s | " + " | ".join(_number(value) for value in values) + f" | {ahead} |"
+            f"| {budget} s | " + " | ".join(number(value) for value in values) + f" | {ahead} |"
         )
     return lines
 
 
 def plot_curves(path, results, clock="seconds"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        curve = result["epochs"]
-        scale = 2 if clock == "cpu_seconds" else 1
-        axes.plot(
-            [epoch[clock] / scale for epoch in curve],
-            [epoch["val_loss"] for epoch in curve],
+    """The test -ELBO after each epoch against training time, with the published figure."""
+    scale = clock_scale(clock)
+    curves = [
+        (
+            LABELS[result["name"]],
+            [epoch[clock] / scale for epoch in result["epochs"]],
+            [epoch["val_loss"] for epoch in result["epochs"]],
             "o-",
-            label=LABELS[result["name"]],
         )
-    axes.axhline(
-        MLP_PUBLISHED_TEST_LOSS,
-        color="grey",
-        linestyle=":",
-        label=f"PyTorch example, published ({MLP_PUBLISHED_TEST_LOSS})",
-    )
-    axes.axvspan(BUDGETS[0], BUDGETS[-1], color="grey", alpha=0.08)
-    axes.set(
-        xlabel=("CPU seconds / 2" if clock == "cpu_seconds" else "wall seconds")
-        + " of training (validation excluded)",
-        ylabel="test negative ELBO, nats/image",
-        title=f"MNIST, latent {COMPARE_LATENT_DIM}: test -ELBO after each epoch",
-        ylim=(None, 130),
-    )
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(figure)
+        for result in results
+    ]
+    panel = {
+        "curves": curves,
+        "xlabel": f"{clock_name(clock)} of training (validation excluded)",
+        "ylabel": "test negative ELBO, nats/image",
+        "ylim": (None, 130),
+        "hlines": [
+            (MLP_PUBLISHED_TEST_LOSS, f"PyTorch example, published ({MLP_PUBLISHED_TEST_LOSS})")
+        ],
+    }
+    plot_panels(path, [panel], f"MNIST, latent {COMPARE_LATENT_DIM}: test -ELBO after each epoch")
 
 
 def run_table(args):
@@ -361,15 +357,17 @@ def run_table(args):
 
 def table_rows(rows):
     lines = [
-        "| dataset | latent | test -ELBO | IW-NLL (K = 32) | KL | active units | training s | data's floor | -ELBO above floor | IW-NLL above floor |",
+        "| dataset | latent | test -ELBO | IW-NLL (K = 32) | KL | active units | training s | "
+        "data's floor | -ELBO above floor | IW-NLL above floor |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         floor = row["data_entropy_floor"]
         lines.append(
-            f"| {row['dataset']} | {row['latent_dim']} | {row['negative_elbo']:.2f} | {row['iw_nll']:.2f} | "
-            f"{row['kl_loss']:.2f} | {row['active_units']} of {row['latent_dim']} | {row['training_seconds']:.0f} | "
-            f"{floor:.2f} | {row['negative_elbo'] - floor:.2f} | {row['iw_nll'] - floor:.2f} |"
+            f"| {row['dataset']} | {row['latent_dim']} | {row['negative_elbo']:.2f} | "
+            f"{row['iw_nll']:.2f} | {row['kl_loss']:.2f} | {row['active_units']} of "
+            f"{row['latent_dim']} | {row['training_seconds']:.0f} | {floor:.2f} | "
+            f"{row['negative_elbo'] - floor:.2f} | {row['iw_nll'] - floor:.2f} |"
         )
     return lines
 

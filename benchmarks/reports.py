@@ -1,5 +1,5 @@
 """The benchmark's reports: figures read off the workers' curves, the tables, benchmark.md
-and the test -ELBO against time plot.
+and the plot of the test -ELBO against training FLOPs and seconds.
 
 Everything here is pure: it reads the workers' results and times nothing.
 """
@@ -13,9 +13,9 @@ from benchmarks.peak import MATMUL_CHAIN
 from benchmarks.workers import MODELS
 from flops import TRAINING_FLOPS_PER_FORWARD
 
-# ---------------------------------------------------------------------------------------
-# Reading the curves (pure functions, no timing)
-# ---------------------------------------------------------------------------------------
+"""
+## Reading the curves (pure functions, no timing)
+"""
 
 
 def seconds_to_reach(curve, target):
@@ -59,13 +59,14 @@ def summarize(results, matmul):
     }
     budget = min(curve[-1][0] for curve in curves.values())
     target = curves["baseline"][-1][1]
-    fp32_peak = matmul["float32"]["gflops"]
     summary = {"budget_seconds": budget, "baseline_final_val_loss": target, "models": {}}
     for name in MODELS:
         result, curve = results[name], curves[name]
         epoch_seconds = steady_epoch_seconds([seconds for seconds, _ in curve])
         images_per_second = result["train_images"] / epoch_seconds
         achieved = result["train_flops_per_image"] * images_per_second / 1e9
+        # Measured against the peak of the dtype the layers compute in.
+        dtype = result.get("compute_dtype", "float32")
         summary["models"][name] = {
             "epochs": len(curve),
             "training_seconds": curve[-1][0],
@@ -77,26 +78,28 @@ def summarize(results, matmul):
             "peak_memory_mib": result["peak_memory_mib"],
             "train_flops_per_image": result["train_flops_per_image"],
             "achieved_gflops": achieved,
-            "percent_of_fp32_matmul_peak": 100 * achieved / fp32_peak,
+            "compute_dtype": dtype,
+            "percent_of_matmul_peak": 100 * achieved / matmul[dtype]["gflops"],
         }
     return summary
 
 
-# ---------------------------------------------------------------------------------------
-# Tables, benchmark.md and the plot
-# ---------------------------------------------------------------------------------------
+"""
+## Tables, benchmark.md and the plot
+"""
 
 
-def _number(value, digits):
-    return "n/a" if value is None else f"{value:,.{digits}f}"
+def number(value, digits=2, missing="-"):
+    """`value` with thousands separators and `digits` decimals; `missing` for None."""
+    return missing if value is None else f"{value:,.{digits}f}"
 
 
 def markdown_table(results, summary):
     budget = summary["budget_seconds"]
     header = (
         "| model | parameters | batch | epochs | final test -ELBO | test -ELBO within "
-        f"{budget:,.1f} s | s to reach baseline's final | train images/s | s/epoch | peak memory MiB "
-        "| training MFLOP/image | GFLOP/s | % of fp32 matmul peak |"
+        f"{budget:,.1f} s | s to reach baseline's final | train images/s | s/epoch | peak "
+        "memory MiB | training MFLOP/image | GFLOP/s | % of the matmul peak (its dtype) |"
     )
     rows = [header, "|" + " --- |" * (header.count("|") - 1)]
     for name in MODELS:
@@ -110,17 +113,17 @@ def markdown_table(results, summary):
                     f"{result['parameters']:,}",
                     str(result["batch_size"]),
                     str(figures["epochs"]),
-                    _number(figures["final_val_loss"], 2),
-                    _number(figures["val_loss_within_budget"], 2)
+                    number(figures["final_val_loss"], 2),
+                    number(figures["val_loss_within_budget"], 2)
                     if figures["val_loss_within_budget"] is not None
                     else "no epoch finished",
-                    "not reached" if reach is None else _number(reach, 1),
-                    _number(figures["train_images_per_second"], 0),
-                    _number(figures["seconds_per_epoch"], 1),
-                    _number(figures["peak_memory_mib"], 0),
-                    _number(figures["train_flops_per_image"] / 1e6, 1),
-                    _number(figures["achieved_gflops"], 1),
-                    _number(figures["percent_of_fp32_matmul_peak"], 1),
+                    "not reached" if reach is None else number(reach, 1),
+                    number(figures["train_images_per_second"], 0),
+                    number(figures["seconds_per_epoch"], 1),
+                    number(figures["peak_memory_mib"], 0),
+                    number(figures["train_flops_per_image"] / 1e6, 1),
+                    number(figures["achieved_gflops"], 1),
+                    f"{number(figures['percent_of_matmul_peak'], 1)} ({figures['compute_dtype']})",
                 ]
             )
             + " |"
@@ -173,8 +176,8 @@ def backends_table(backends):
     """One row per backend: the same model, images and seeds, timed in the same benchmark run.
     Speed is the first seed's last epoch; the test -ELBO is over every seed."""
     rows = [
-        "| backend | version | training images | seeds | s/epoch (last) | train images/s | test -ELBO after "
-        "the epochs, mean ± sd | each seed | peak memory MiB |",
+        "| backend | version | training images | seeds | s/epoch (last) | train images/s | "
+        "test -ELBO after the epochs, mean ± sd | each seed | peak memory MiB |",
         "|" + " --- |" * 9,
     ]
     for name, runs in backends.items():
@@ -189,11 +192,11 @@ def backends_table(backends):
                     first["versions"].get(name, ""),
                     f"{first['train_images']:,}",
                     str(len(runs)),
-                    _number(first["seconds_per_epoch"], 1),
-                    _number(first["train_images_per_second"], 0),
+                    number(first["seconds_per_epoch"], 1),
+                    number(first["train_images_per_second"], 0),
                     f"{mean:.2f} ± {deviation:.2f}",
                     ", ".join(f"{value:.2f}" for value in finals),
-                    _number(max(run["peak_memory_mib"] for run in runs), 0),
+                    number(max(run["peak_memory_mib"] for run in runs), 0),
                 ]
             )
             + " |"
@@ -229,6 +232,32 @@ def machine_description():
     }
 
 
+def schedules_table(schedules, matmul):
+    """One row per complete schedule: its share of a default run's training FLOPs, epochs,
+    TFLOP, final test -ELBO, and the seconds, speed and share of the peak of the same run."""
+    rows = [
+        "| model | budget (x a default run) | epochs | training TFLOP | final test -ELBO | "
+        "training s | train images/s | GFLOP/s | % of the matmul peak (its dtype) |",
+        "|" + " --- |" * 9,
+    ]
+    for name in MODELS:
+        for budget in sorted(schedules[name]):
+            run = schedules[name][budget]
+            seconds = run["epochs"][-1]["seconds"]
+            images_per_second = run["train_images"] * len(run["epochs"]) / seconds
+            achieved = run["training_flops"] / seconds / 1e9
+            dtype = run["compute_dtype"]
+            peak = 100 * achieved / matmul[dtype]["gflops"]
+            rows.append(
+                f"| {name} | {budget:g} | {len(run['epochs'])} | "
+                f"{number(run['training_flops'] / 1e12, 1)} | "
+                f"{number(run['epochs'][-1]['val_loss'])} | {number(seconds, 1)} | "
+                f"{number(images_per_second, 0)} | {number(achieved, 1)} | "
+                f"{number(peak, 1)} ({dtype}) |"
+            )
+    return "\n".join(rows)
+
+
 def write_markdown(path, report):
     results, summary, machine, matmul = (
         report["results"],
@@ -236,103 +265,161 @@ def write_markdown(path, report):
         report["machine"],
         report["matmul_peak"],
     )
-    versions = results["default"]["versions"]
+    default = results["default"]
+    versions = default["versions"]
     settings = report["settings"]
-    subset = f"the first ones, --limit {settings['limit']}" if settings["limit"] else "all of MNIST"
+    subset = f"the first ones, --limit {settings['limit']}" if settings["limit"] else "all"
+    float32, bfloat16 = matmul["float32"], matmul["bfloat16"]
+    cores = f"{machine['usable_cores']} usable of {machine['logical_cores']} logical cores"
+    accelerators = ", ".join(versions["gpus"]) or "none"
     lines = [
         "# Benchmark: default VAE vs the Keras example's VAE",
         "",
+        "## Quality against training FLOPs",
+        "",
+        schedules_table(report["schedules"], matmul),
+        "",
+        "- Each row is a complete schedule (the step size's warm-up and decay span its epochs) "
+        "of the given share of a default run's training FLOPs; the test -ELBO is its last "
+        "epoch's. FLOPs do not depend on the machine; seconds, images/s and the share of the "
+        "peak are this machine's, in the same run. The plot: elbo_vs_flops.png.",
+        "",
+        "## The two full runs, epoch by epoch",
+        "",
         markdown_table(results, summary),
         "",
-        f"- Data: {results['default']['train_images']:,} training and {results['default']['test_images']:,} test images"
-        f" ({subset}). Test -ELBO is `val_loss`: the negative ELBO"
-        " on the test images in nats/image, one z sample per image.",
-        f"- default: {results['default']['description']}.",
+        f"- Data: {default['train_images']:,} training and {default['test_images']:,} test "
+        f"images of {settings['dataset']} ({subset}). Test -ELBO is `val_loss`: the negative "
+        "ELBO on the test images in nats/image, one z sample per image.",
+        f"- default: {default['description']}.",
         f"- baseline: {results['baseline']['description']}.",
-        f"- Times are training wall-clock seconds from the start of `fit`, validation passes excluded, graph tracing"
-        f' included. "Within {summary["budget_seconds"]:,.1f} s" is the value of the last epoch finished within the'
-        f" shorter run's duration; \"s to reach\" interpolates linearly between epochs to the baseline's final"
-        f" test -ELBO ({summary['baseline_final_val_loss']:.2f}). Images/s and s/epoch use the median epoch after the"
-        " first (which includes tracing).",
-        "- FLOPs are counted from the layer shapes (Conv2D, Conv2DTranspose, Dense; 2 per multiply-add; training ="
-        f" {TRAINING_FLOPS_PER_FORWARD} x forward). Peak memory is the worker process's ru_maxrss (data included).",
-        f"- Matrix-multiply peak ({MATMUL_CHAIN} chained tf.matmul products of squares in one tf.function, best"
-        f" of three; 1024 to 4096): float32 {matmul['float32']['gflops']:,.1f} GFLOP/s"
-        f" ({matmul['float32']['size']}), bfloat16 {matmul['bfloat16']['gflops']:,.1f} GFLOP/s"
-        f" ({matmul['bfloat16']['size']}).",
-        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable of {machine['logical_cores']} logical cores,"
-        f" {_number(machine['memory_gib'], 1)} GiB memory, accelerators: {', '.join(versions['gpus']) or 'none'};"
-        f" Python {machine['python']}, TensorFlow {versions['tensorflow']}, Keras {versions['keras']}.",
+        "- Times are training wall-clock seconds from the start of `fit`, validation passes "
+        f'excluded, graph tracing included. "Within {summary["budget_seconds"]:,.1f} s" is the '
+        'value of the last epoch finished within the shorter run\'s duration; "s to reach" '
+        "interpolates linearly between epochs to the baseline's final test -ELBO "
+        f"({summary['baseline_final_val_loss']:.2f}). Images/s and s/epoch use the median "
+        "epoch after the first (which includes tracing).",
+        "- FLOPs are counted from the layer shapes (Conv2D, Conv2DTranspose, Dense; 2 per "
+        f"multiply-add; training = {TRAINING_FLOPS_PER_FORWARD} x forward). Peak memory is "
+        "the worker process's ru_maxrss (data included).",
+        f"- Matrix-multiply peak ({MATMUL_CHAIN} chained tf.matmul products of squares in one "
+        f"tf.function, best of three; 1024 to 4096): float32 {float32['gflops']:,.1f} GFLOP/s "
+        f"({float32['size']}), bfloat16 {bfloat16['gflops']:,.1f} GFLOP/s "
+        f"({bfloat16['size']}). A run's share is of the peak of the dtype its layers compute in.",
+        f"- Machine: {machine['cpu']}, {cores}, {number(machine['memory_gib'], 1)} GiB memory, "
+        f"accelerators: {accelerators}; Python {machine['python']}, TensorFlow "
+        f"{versions['tensorflow']}, Keras {versions['keras']}.",
         f"- Command: `{report['command']}`",
         "",
         "## The default over seeds",
         "",
         seeds_table(report["seeds"]),
         "",
-        "- The default model's final test -ELBO (`val_loss`) with each seed: one seed's figure says little.",
+        "- The default model's final test -ELBO (`val_loss`) with each seed, a full default "
+        "run each: one seed's figure says little.",
         "",
     ]
     if report.get("backends"):
-        settings = report["settings"]
+        seeds = ", ".join(map(str, settings["backend_seeds"]))
         lines += [
             "## Keras backends",
             "",
             backends_table(report["backends"]),
             "",
-            f"- The default model on the first {settings['backend_images']:,} training images for"
-            f" {settings['backend_epochs']} epochs with seeds {', '.join(map(str, settings['backend_seeds']))},"
-            " on each backend in its own process with KERAS_BACKEND set;"
-            " s/epoch is the last epoch's training time (validation excluded), so the first epoch's tracing or"
-            " compilation is left out. The data pipeline is tf.data on every backend.",
+            f"- The default model on the first {settings['backend_images']:,} training images "
+            f"for {settings['backend_epochs']} epochs with seeds {seeds}, on each backend in its "
+            "own process with KERAS_BACKEND set; s/epoch is the last epoch's training time "
+            "(validation excluded), so the first epoch's tracing or compilation is left out. "
+            "The data pipeline is tf.data on every backend.",
             "",
         ]
     Path(path).write_text("\n".join(lines))
 
 
-def plot_curves(path, results, summary):
+def plot_panels(path, panels, title=None):
+    """Curves side by side, one panel per dict of `panels`: "curves" [(label, xs, ys,
+    matplotlib format)], "xlabel", "ylabel", optional "log_x", "hlines" and "vlines" [(value,
+    label)]. Log axes show plain numbers (5, 10, 20, 50, ...): the ranges are often under a
+    decade."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for name, marker in zip(MODELS, ("o", "s"), strict=True):
-        epochs = results[name]["epochs"]
-        axes.plot(
-            [epoch["seconds"] for epoch in epochs],
-            [epoch["val_loss"] for epoch in epochs],
-            marker=marker,
-            markersize=4,
-            label=f"{name} ({len(epochs)} epochs)",
-        )
-    axes.axhline(
-        summary["baseline_final_val_loss"],
-        color="grey",
-        linestyle=":",
-        linewidth=1,
-        label="baseline's final value",
-    )
-    axes.axvline(
-        summary["budget_seconds"],
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label="same-time budget",
-    )
-    axes.set_xscale("log")
-    # Plain numbers (5, 10, 20, 50, ...) rather than powers of ten: the range is often under a decade.
-    axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes.set_xlabel("training wall-clock seconds (validation excluded, log scale)")
-    axes.set_ylabel("test negative ELBO (nats/image)")
-    default = results["default"]
-    axes.set_title(
-        f"Test negative ELBO vs training time ({default['train_images']:,} train / "
-        f"{default['test_images']:,} test images)"
-    )
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    for axes, panel in zip(axes_row[0], panels, strict=True):
+        for label, xs, ys, style in panel["curves"]:
+            axes.plot(xs, ys, style, markersize=5, label=label)
+        for value, label in panel.get("hlines", []):
+            axes.axhline(value, color="grey", linestyle=":", linewidth=1, label=label)
+        for value, label in panel.get("vlines", []):
+            axes.axvline(value, color="grey", linestyle="--", linewidth=1, label=label)
+        if panel.get("log_x"):
+            axes.set_xscale("log")
+            axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axes.xaxis.set_major_formatter(
+                matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+            )
+            axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes.set(xlabel=panel["xlabel"], ylabel=panel["ylabel"], ylim=panel.get("ylim"))
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(figure)
+
+
+def plot_quality(path, schedules):
+    """The test -ELBO against training TFLOP (a machine's speed plays no part) and against
+    training seconds (this machine's): each model's schedules' final values, and the
+    per-epoch curve of its longest schedule."""
+    by_flops, by_seconds = [], []
+    for name, marker in zip(MODELS, ("o", "s"), strict=True):
+        runs = [schedules[name][budget] for budget in sorted(schedules[name])]
+        finals = [run["epochs"][-1]["val_loss"] for run in runs]
+        tflop = [run["training_flops"] / 1e12 for run in runs]
+        seconds = [run["epochs"][-1]["seconds"] for run in runs]
+        longest = runs[-1]
+        per_epoch = longest["training_flops"] / len(longest["epochs"]) / 1e12
+        curve = [epoch["val_loss"] for epoch in longest["epochs"]]
+        label = f"{name}: complete schedules"
+        by_flops += [
+            (label, tflop, finals, marker + "-"),
+            (
+                f"{name}: epochs of the longest",
+                [per_epoch * (k + 1) for k in range(len(curve))],
+                curve,
+                ":",
+            ),
+        ]
+        by_seconds += [
+            (label, seconds, finals, marker + "-"),
+            (
+                f"{name}: epochs of the longest",
+                [e["seconds"] for e in longest["epochs"]],
+                curve,
+                ":",
+            ),
+        ]
+    top = max(schedules["baseline"][min(schedules["baseline"])]["epochs"][-1]["val_loss"], 150)
+    ylabel = "test negative ELBO (nats/image, final)"
+    panels = [
+        {
+            "curves": by_flops,
+            "xlabel": "training TFLOP (log scale)",
+            "ylabel": ylabel,
+            "log_x": True,
+            "ylim": (None, top + 5),
+        },
+        {
+            "curves": by_seconds,
+            "xlabel": "training seconds on this machine (log scale)",
+            "ylabel": ylabel,
+            "log_x": True,
+            "ylim": (None, top + 5),
+        },
+    ]
+    images = schedules["default"][max(schedules["default"])]["train_images"]
+    plot_panels(path, panels, f"Quality against cost ({images:,} training images)")

@@ -4,17 +4,25 @@
 each training has the whole process (its peak memory, its threads, its Keras backend).
 
 - a training worker trains "default" (this program's model) or "baseline" (the Keras
-  example's), timing every epoch with validation left out;
+  example's) for a complete schedule of a given share of a default run's training FLOPs,
+  timing every epoch with validation left out;
 - a backend worker trains the default model briefly on the backend its process runs;
 - the matmul worker measures the float32 and bfloat16 matrix-multiply peaks.
+
+`run_in_subprocess` starts one such process and reads its result back (latent_sizes.py's
+workers too).
 """
 
 import argparse
 import dataclasses
 import importlib
 import importlib.util
+import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks.peak import matmul_gflops
@@ -26,6 +34,7 @@ MODELS = ("default", "baseline")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 # The Keras documentation's VAE example (keras.io/examples/generative/vae), on 32x32 input.
+# Its epochs come from the budget of training FLOPs it is given.
 BASELINE = dict(
     image_size=32,
     latent_dim=2,
@@ -33,13 +42,30 @@ BASELINE = dict(
     hidden_units=16,
     batch_size=128,
     learning_rate=1e-3,
-    epochs=30,
 )
 
 
-# ---------------------------------------------------------------------------------------
-# The baseline model
-# ---------------------------------------------------------------------------------------
+def run_in_subprocess(argv, label, environment=None, cwd=None):
+    """Run `argv` (a worker: it writes its JSON result to the path given as its last
+    argument) in a fresh Python process and return that result; one line and exit if it
+    fails."""
+    with tempfile.TemporaryDirectory() as folder:
+        output = os.path.join(folder, "result.json")
+        print(f"--- {label}", flush=True)
+        environment = {**os.environ, **(environment or {})}
+        completed = subprocess.run([*argv, output], cwd=cwd, env=environment)
+        if completed.returncode != 0:
+            sys.exit(
+                f"error: the worker for {label} failed (exit status {completed.returncode}); "
+                "see its output above"
+            )
+        with open(output) as file:
+            return json.load(file)
+
+
+"""
+## The baseline model
+"""
 
 
 def build_baseline(
@@ -82,9 +108,9 @@ def build_baseline(
     return model
 
 
-# ---------------------------------------------------------------------------------------
-# What every worker reports about itself
-# ---------------------------------------------------------------------------------------
+"""
+## What every worker reports about itself
+"""
 
 
 def _versions():
@@ -114,9 +140,9 @@ def _peak_memory_mib():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-# ---------------------------------------------------------------------------------------
-# Training workers
-# ---------------------------------------------------------------------------------------
+"""
+## Training workers
+"""
 
 
 def clocks():
@@ -173,7 +199,15 @@ def make_epoch_clock():
     return EpochClock()
 
 
+def schedule_epochs(budget, reference_epochs, reference_flops, flops_per_image):
+    """Epochs of a complete schedule costing `budget` times a reference run (the default
+    model's `reference_epochs` at `reference_flops` per image): at least one."""
+    return max(1, round(budget * reference_epochs * reference_flops / flops_per_image))
+
+
 def run_training_worker(name, args):
+    """Train `name` for a complete schedule of `args.budget` times a default run's training
+    FLOPs (the step size's warm-up and decay span the epochs actually run)."""
     import keras
 
     import data
@@ -192,23 +226,24 @@ def run_training_worker(name, args):
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
     keras.utils.set_random_seed(config.seed)
     train_images, test_images = images.train_images, images.test_images
+    reference_epochs = args.epochs_default or config.epochs
+    default_flops = vae_flops(main.build_model(config))[1]
     if name == "default":
-        epochs = args.epochs_default or config.epochs
-        # The learning-rate schedule spans the epochs actually run.
+        epochs = schedule_epochs(args.budget, reference_epochs, default_flops, default_flops)
         config = dataclasses.replace(config, epochs=epochs)
         model = main.make_model(config, len(train_images))
         batch_size = config.batch_size
+        warmup = config.lr_warmup_epochs
         description = (
             f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
-            f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, batch "
-            f"{config.batch_size}, Adam {config.learning_rate:g}"
+            f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, "
+            f"batch {config.batch_size}, Adam {config.learning_rate:g}"
             f"{' with cosine decay' if config.cosine_decay else ''}"
-            f"{f' after a {config.lr_warmup_epochs}-epoch warm-up' if config.lr_warmup_epochs else ''}, "
+            f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "
             f"KL warm-up {config.kl_warmup_epochs} epochs"
         )
     else:
         keras.config.set_dtype_policy("float32")
-        epochs = args.epochs_baseline or BASELINE["epochs"]
         model = build_baseline(
             config.image_size,
             BASELINE["latent_dim"],
@@ -216,15 +251,18 @@ def run_training_worker(name, args):
             channels=images.train_images.shape[-1],
             likelihood=config.likelihood,
         )
+        epochs = schedule_epochs(args.budget, reference_epochs, default_flops, vae_flops(model)[1])
         model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
         batch_size = BASELINE["batch_size"]
+        small, large = BASELINE["filters"]
         description = (
-            f"Keras example's VAE on 32x32: Conv2D {BASELINE['filters'][0]}/{BASELINE['filters'][1]}, dense "
-            f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, Adam "
-            f"{BASELINE['learning_rate']:g}"
+            f"Keras example's VAE on 32x32: Conv2D {small}/{large}, dense "
+            f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, "
+            f"Adam {BASELINE['learning_rate']:g}"
         )
     model.start_from_data(train_images)  # as main.train does (a discretized logistic only)
-    description += f", {epochs} epochs, compute dtype {model.encoder.layers[1].compute_dtype}"
+    compute_dtype = model.encoder.layers[1].compute_dtype
+    description += f", {epochs} epochs, compute dtype {compute_dtype}"
     forward, training, per_layer = vae_flops(model)
 
     train_dataset = data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed)
@@ -245,13 +283,16 @@ def run_training_worker(name, args):
     return {
         "name": name,
         "description": description,
+        "budget": args.budget,
         "config": {**vars(config), "epochs": epochs, "batch_size": batch_size},
+        "compute_dtype": compute_dtype,
         "parameters": int(model.count_params()),
         "train_images": len(train_images),
         "test_images": len(test_images),
         "batch_size": batch_size,
         "forward_flops_per_image": forward,
         "train_flops_per_image": training,
+        "training_flops": training * len(train_images) * epochs,
         "flops_per_layer": per_layer,
         "epochs": clock.epochs,
         "peak_memory_mib": _peak_memory_mib(),
@@ -262,7 +303,12 @@ def run_training_worker(name, args):
 def run_backend_worker(args):
     """The default model for a few epochs on the backend this process runs (KERAS_BACKEND)."""
     settings = argparse.Namespace(
-        **{**vars(args), "limit": args.backend_images, "epochs_default": args.backend_epochs}
+        **{
+            **vars(args),
+            "limit": args.backend_images,
+            "epochs_default": args.backend_epochs,
+            "budget": 1.0,
+        }
     )
     result = run_training_worker("default", settings)
     epochs = result["epochs"]
@@ -276,9 +322,9 @@ def run_backend_worker(args):
     }
 
 
-# ---------------------------------------------------------------------------------------
-# The matmul worker
-# ---------------------------------------------------------------------------------------
+"""
+## The matmul worker
+"""
 
 
 def run_matmul_worker(args):

@@ -101,13 +101,15 @@ def test_steady_epoch_seconds_leaves_out_the_first_epoch():
     assert reports.steady_epoch_seconds([30.0]) == 30.0
 
 
-def _fake_result(seconds, values, train_images=6000):
+def _fake_result(seconds, values, train_images=6000, dtype="float32"):
     return {
         "parameters": 1234,
         "batch_size": 128,
         "train_images": train_images,
         "test_images": 1000,
         "train_flops_per_image": 60e6,
+        "training_flops": 60e6 * train_images * len(seconds),
+        "compute_dtype": dtype,
         "peak_memory_mib": 900.0,
         "epochs": [{"seconds": s, "val_loss": v} for s, v in zip(seconds, values, strict=True)],
     }
@@ -115,7 +117,7 @@ def _fake_result(seconds, values, train_images=6000):
 
 def test_summary_and_table_from_made_up_runs():
     results = {
-        "default": _fake_result([20.0, 30.0, 40.0], [180.0, 150.0, 140.0]),
+        "default": _fake_result([20.0, 30.0, 40.0], [180.0, 150.0, 140.0], dtype="bfloat16"),
         "baseline": _fake_result([5.0, 10.0, 15.0, 20.0], [200.0, 170.0, 160.0, 155.0]),
     }
     matmul = {"float32": {"gflops": 100.0}, "bfloat16": {"gflops": 50.0}}
@@ -130,7 +132,9 @@ def test_summary_and_table_from_made_up_runs():
     assert default["seconds_per_epoch"] == 10.0 and baseline["seconds_per_epoch"] == 5.0
     assert default["train_images_per_second"] == 600.0
     assert math.isclose(default["achieved_gflops"], 60e6 * 600 / 1e9)
-    assert math.isclose(default["percent_of_fp32_matmul_peak"], 36.0)
+    # Against the peak of the dtype the layers compute in: 36 of bfloat16's 50 GFLOP/s.
+    assert math.isclose(default["percent_of_matmul_peak"], 72.0)
+    assert math.isclose(baseline["percent_of_matmul_peak"], 60e6 * 1200 / 1e9)  # of 100
 
     results["baseline"]["epochs"][-1]["val_loss"] = 100.0  # now the default never gets there
     table = reports.markdown_table(results, reports.summarize(results, matmul))
@@ -156,16 +160,48 @@ def test_seeds_summary_reports_mean_and_sample_deviation():
     )
 
 
+def test_schedules_cost_their_share_of_a_default_run():
+    # A default run: 20 epochs at 77 MFLOP per image. Half of it: 10 epochs of the same
+    # model; for a model of 52 MFLOP per image, 0.5 * 20 * 77 / 52 = 14.8, so 15 epochs.
+    assert workers.schedule_epochs(0.5, 20, 77e6, 77e6) == 10
+    assert workers.schedule_epochs(0.5, 20, 77e6, 52e6) == 15
+    assert workers.schedule_epochs(0.01, 20, 77e6, 77e6) == 1  # at least one epoch
+
+
+def test_schedules_table_and_plot_from_made_up_runs(tmp_path):
+    schedules = {
+        "default": {
+            0.5: _fake_result([20.0], [150.0], dtype="bfloat16"),
+            1.0: _fake_result([20.0, 40.0], [160.0, 140.0], dtype="bfloat16"),
+        },
+        "baseline": {
+            0.5: _fake_result([10.0, 20.0], [190.0, 170.0]),
+            1.0: _fake_result([10.0, 20.0, 30.0, 40.0], [190.0, 170.0, 165.0, 160.0]),
+        },
+    }
+    matmul = {"float32": {"gflops": 100.0}, "bfloat16": {"gflops": 50.0}}
+    lines = reports.schedules_table(schedules, matmul).splitlines()
+    assert len(lines) == 6 and all(line.count("|") == lines[0].count("|") for line in lines)
+    # default at budget 1: 2 epochs of 6,000 images at 60 MFLOP = 0.72 TFLOP in 40 s: 300
+    # images/s, 18 GFLOP/s, 36 % of the 50 GFLOP/s bfloat16 peak.
+    assert lines[3] == "| default | 1 | 2 | 0.7 | 140.00 | 40.0 | 300 | 18.0 | 36.0 (bfloat16) |"
+    assert lines[4].startswith("| baseline | 0.5 | 2 | 0.7 | 170.00 | 20.0 | 600 | 36.0 | 36.0 (")
+    reports.plot_quality(tmp_path / "quality.png", schedules)
+    assert (tmp_path / "quality.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
-    args = benchmark.parse_args(["--quick", "--epochs-baseline", "5"])
-    assert (args.limit, args.epochs_default, args.epochs_baseline) == (6000, 3, 5)
+    args = benchmark.parse_args(["--quick", "--budgets", "1", "0.25"])
+    assert (args.limit, args.epochs_default, args.budgets) == (6000, 3, [0.25, 1.0])
+    assert benchmark.parse_args(["--quick"]).budgets == list(benchmark.QUICK_BUDGETS)
     full = benchmark.parse_args([])
-    assert (full.limit, full.epochs_default, full.epochs_baseline) == (None, None, None)
+    assert (full.limit, full.epochs_default, full.budgets) == (None, None, [0.25, 0.5, 1.0])
     assert (full.seeds, full.backend_seeds, full.seed) == ([1, 2, 3], [1, 2, 3, 4, 5], 1)
     assert benchmark.parse_args(["--seeds", "7", "8"]).seed == 7
     assert (args.backend_images, full.backend_images) == (6000, benchmark.BACKEND_IMAGES)
-    with pytest.raises(SystemExit):
-        benchmark.parse_args(["--epochs-default", "0"])
+    for wrong in (["--epochs-default", "0"], ["--budgets", "0"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(wrong)
 
 
 def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
@@ -201,9 +237,8 @@ def test_backend_row_trains_on_colour_images(tmp_path, monkeypatch):
         ["--dataset", "cifar10", "--data-dir", str(archive), "--backend-images", "300"]
     )
     args.backend_epochs = 1
-    assert benchmark.parse_args(
-        benchmark._worker_argv(args, "default", "out.json")[2:]
-    ).dataset == ("cifar10")
+    worker_argv = [*benchmark._worker_argv(args, "default"), "out.json"]
+    assert benchmark.parse_args(worker_argv[2:]).dataset == "cifar10"
     result = workers.run_backend_worker(args)
     assert result["config"]["dataset"] == "cifar10" and result["config"]["colour"] == "rgb"
     assert "latent 128" in result["description"] and np.isfinite(result["final_val_loss"])
@@ -214,10 +249,10 @@ def test_matmul_peak_reports_the_best_size():
     assert result["gflops"] > 0 and result["size"] in (32, 64) and result["chain"] == 3
 
 
-def test_each_worker_is_told_its_own_seed():
+def test_each_worker_is_told_its_own_seed_and_budget():
     args = benchmark.parse_args(["--seeds", "4", "5"])
-    for seed in (4, 5):
-        worker_argv = benchmark._worker_argv(
-            argparse.Namespace(**{**vars(args), "seed": seed}), "default", "out.json"
-        )
-        assert benchmark.parse_args(worker_argv[2:]).seed == seed
+    for seed, budget in ((4, 0.25), (5, 1.0)):
+        worker = argparse.Namespace(**{**vars(args), "seed": seed, "budget": budget})
+        worker_argv = [*benchmark._worker_argv(worker, "default"), "out.json"]
+        parsed = benchmark.parse_args(worker_argv[2:])
+        assert (parsed.seed, parsed.budget, parsed.worker_output) == (seed, budget, "out.json")
