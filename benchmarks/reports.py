@@ -376,7 +376,8 @@ def plot_quality(path, schedules):
     training seconds (this machine's): each model's schedules' final values, and the
     per-epoch curve of its longest schedule."""
     by_flops, by_seconds = [], []
-    for name, marker in zip(MODELS, ("o", "s"), strict=True):
+    for index, name in enumerate(MODELS):
+        marker, colour = "os"[index], f"C{index}"  # one colour per model, in both panels
         runs = [schedules[name][budget] for budget in sorted(schedules[name])]
         finals = [run["epochs"][-1]["val_loss"] for run in runs]
         tflop = [run["training_flops"] / 1e12 for run in runs]
@@ -384,24 +385,14 @@ def plot_quality(path, schedules):
         longest = runs[-1]
         per_epoch = longest["training_flops"] / len(longest["epochs"]) / 1e12
         curve = [epoch["val_loss"] for epoch in longest["epochs"]]
-        label = f"{name}: complete schedules"
+        label, epochs_label = f"{name}: complete schedules", f"{name}: epochs of the longest"
         by_flops += [
-            (label, tflop, finals, marker + "-"),
-            (
-                f"{name}: epochs of the longest",
-                [per_epoch * (k + 1) for k in range(len(curve))],
-                curve,
-                ":",
-            ),
+            (label, tflop, finals, f"{marker}-{colour}"),
+            (epochs_label, [per_epoch * (k + 1) for k in range(len(curve))], curve, f":{colour}"),
         ]
         by_seconds += [
-            (label, seconds, finals, marker + "-"),
-            (
-                f"{name}: epochs of the longest",
-                [e["seconds"] for e in longest["epochs"]],
-                curve,
-                ":",
-            ),
+            (label, seconds, finals, f"{marker}-{colour}"),
+            (epochs_label, [epoch["seconds"] for epoch in longest["epochs"]], curve, f":{colour}"),
         ]
     top = max(schedules["baseline"][min(schedules["baseline"])]["epochs"][-1]["val_loss"], 150)
     ylabel = "test negative ELBO (nats/image, final)"
