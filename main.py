@@ -20,7 +20,7 @@ dimension). The test images are the validation set.
 
 Outputs (under --output-dir, default here):
     checkpoint.keras                 best epoch so far (lowest val_loss)
-    logs/<run name>/                 TensorBoard curves and pictures: tensorboard --logdir logs
+    logs/<run name>/                 TensorBoard: curves, pictures, test figures, the Projector
     models/vae.keras                 the whole VAE (load after `import vae`)
     models/encoder.keras, decoder.keras   load with plain `import keras`
     models/metrics.json              test negative ELBO and importance-weighted NLL
@@ -29,11 +29,13 @@ Outputs (under --output-dir, default here):
 
 This file is the settings, the command line and the story of a run, in the order the
 program runs: Config (every setting, and the flags made from it), Data, Model, Training
-(`train`; `evaluate_saved_model` for --evaluate-only), Evaluation (`report`), Plots and
-Command line (`main`). The parts it tells the story with live beside it: data.py (reading
-and checking the images), vae.py (the model), callbacks.py (the Keras callbacks of a run),
-run_folder.py (the output folder's lock, resuming, and saves that are never half-written),
-evaluation.py, plotting.py and distribution.py (--distribute).
+(`train`; `evaluate_saved_model` for --evaluate-only), Evaluation (`report`, and
+`show_in_projector`), Plots and Command line (`main`). The parts it tells the story with
+live beside it: data.py (reading and checking the images), vae.py (the model), callbacks.py
+(the Keras callbacks of a run), run_folder.py (the output folder's lock, resuming, and
+saves that are never half-written), evaluation.py, plotting.py, projector.py (TensorBoard's
+Projector), flops.py (what a step costs, for the time estimate) and distribution.py
+(--distribute).
 """
 
 import argparse
