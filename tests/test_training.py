@@ -102,16 +102,21 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+def interrupt_after_the_first_epoch(config, monkeypatch):
+    """main.train(config), stopped by Ctrl-C once its first epoch is backed up."""
+    make_callbacks = main.make_callbacks
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
+        )
+        with pytest.raises(KeyboardInterrupt):
+            main.train(config)
+
+
 def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, kl_warmup_epochs=2)
-    make_callbacks = main.make_callbacks
-    monkeypatch.setattr(
-        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
-    )
-    with pytest.raises(KeyboardInterrupt):
-        main.train(config)
+    interrupt_after_the_first_epoch(config, monkeypatch)
     assert (tmp_path / "backup" / "latest.weights.h5").exists()
-    monkeypatch.setattr(main, "make_callbacks", make_callbacks)
 
     _, history = main.train(config)
     assert history.epoch == [1]  # only the second epoch ran
@@ -121,13 +126,7 @@ def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypa
 
 def test_backup_from_other_settings_is_refused(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
-    make_callbacks = main.make_callbacks
-    monkeypatch.setattr(
-        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
-    )
-    with pytest.raises(KeyboardInterrupt):
-        main.train(config)
-    monkeypatch.setattr(main, "make_callbacks", make_callbacks)
+    interrupt_after_the_first_epoch(config, monkeypatch)
 
     other = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, latent_dim=3)
     with pytest.raises(main.RunError, match=r"latent_dim 2 -> 3.*--fresh"):
@@ -150,13 +149,7 @@ def test_resume_with_another_trajectory_is_refused(
     """The step size and the seed change the path training takes: a backup made with others
     must not go on silently under these."""
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, learning_rate=4e-3)
-    make_callbacks = main.make_callbacks
-    monkeypatch.setattr(
-        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
-    )
-    with pytest.raises(KeyboardInterrupt):
-        main.train(config)
-    monkeypatch.setattr(main, "make_callbacks", make_callbacks)
+    interrupt_after_the_first_epoch(config, monkeypatch)
     with pytest.raises(main.RunError, match=re.escape(expected) + r".*--fresh"):
         main.train(dataclasses.replace(config, **changed))
 
@@ -172,14 +165,10 @@ class SpoilTheWeights(keras.callbacks.Callback):
 
 def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
-    make_callbacks = main.make_callbacks
-    monkeypatch.setattr(
-        main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
-    )
-    with pytest.raises(KeyboardInterrupt):
-        main.train(config)
+    interrupt_after_the_first_epoch(config, monkeypatch)
     best = (tmp_path / "checkpoint.keras").read_bytes()
 
+    make_callbacks = main.make_callbacks
     monkeypatch.setattr(
         main, "make_callbacks", lambda *args: make_callbacks(*args) + [SpoilTheWeights()]
     )
