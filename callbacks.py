@@ -230,7 +230,7 @@ class TimeEstimate(keras.callbacks.Callback):
         fitting = int((self.budget_seconds - evaluation) // epoch) + self.first_epoch
         budget = duration(self.budget_seconds)
         if fitting >= self.epochs:
-            advice = f"--epochs {self.epochs} fits in {budget} here"
+            advice = f"up to --epochs {fitting} would fit in {budget} here"
         elif fitting > self.first_epoch:
             advice = f"--epochs {fitting} would fit in {budget} here"
         else:
