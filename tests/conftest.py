@@ -59,6 +59,20 @@ def write_idx_files(folder, train_images, train_labels, test_images, test_labels
     return arrays
 
 
+# What every finished run leaves in its --output-dir (besides logs/ and metrics.json).
+RUN_OUTPUTS = (
+    "checkpoint.keras",
+    "models/vae.keras",
+    "models/encoder.keras",
+    "models/decoder.keras",
+    "plots/latent_space.png",
+    "plots/manifold.png",
+    "plots/reconstructions.png",
+    "plots/samples.png",
+    "plots/interpolation.png",
+)
+
+
 # A few-second run on a small real subset, in float32 on every machine (the default, auto,
 # would time both dtypes first and could choose either).
 QUICK = dict(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.workers import installed_backends
-from conftest import REPO, quick_arguments, run_main, run_python
+from conftest import REPO, RUN_OUTPUTS, quick_arguments, run_main, run_python
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,7 @@ def test_backend_trains_saves_and_plots(runs, backend):
     if backend not in runs:
         pytest.skip(f"{backend} is not installed")
     folder = runs[backend]
-    for name in (
-        "checkpoint.keras",
-        "models/vae.keras",
-        "models/encoder.keras",
-        "models/decoder.keras",
-        "plots/latent_space.png",
-        "plots/manifold.png",
-        "plots/samples.png",
-    ):
+    for name in RUN_OUTPUTS:
         assert (folder / name).stat().st_size > 0, name
     metrics = json.loads((folder / "models" / "metrics.json").read_text())
     assert metrics["versions"]["backend"] == backend

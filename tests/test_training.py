@@ -14,22 +14,20 @@ import callbacks
 import data
 import main
 import plotting
-from conftest import REPO, quick_arguments, quick_config, run_main, run_python, write_idx_files
+from conftest import (
+    REPO,
+    RUN_OUTPUTS,
+    quick_arguments,
+    quick_config,
+    run_main,
+    run_python,
+    write_idx_files,
+)
 
 
 def test_a_run_writes_every_output(trained_run):
     output_dir, _, history = trained_run
-    for name in (
-        "checkpoint.keras",
-        "models/vae.keras",
-        "models/encoder.keras",
-        "models/decoder.keras",
-        "plots/latent_space.png",
-        "plots/manifold.png",
-        "plots/reconstructions.png",
-        "plots/samples.png",
-        "plots/interpolation.png",
-    ):
+    for name in RUN_OUTPUTS:
         assert (output_dir / name).stat().st_size > 0, name
     assert glob.glob(str(output_dir / "logs" / "*" / "train" / "events.out.tfevents.*"))
     assert glob.glob(str(output_dir / "logs" / "*" / "validation" / "events.out.tfevents.*"))
