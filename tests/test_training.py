@@ -198,6 +198,7 @@ def test_a_single_test_image_finishes_with_every_plot_it_can_draw(tmp_path, mnis
     plots = {path.name for path in (tmp_path / "plots").iterdir()}
     assert {"latent_space.png", "reconstructions.png", "samples.png", "manifold.png"} <= plots
     assert "interpolation.png" not in plots and "interpolation.png" in result.stdout
+    assert "Only 1 training step in all" in result.stdout
 
 
 def test_a_test_set_of_one_class_finishes(tmp_path, mnist_dir):
@@ -221,6 +222,34 @@ def test_interpolation_pairs_are_of_two_images_of_other_classes_where_there_are(
     assert len(plotting.interpolation_pairs(labels[:3], 6)) == 3  # one pair per image at most
     assert all(a != b for a, b in plotting.interpolation_pairs(np.zeros(4, int), 6))
     assert plotting.interpolation_pairs(np.array([7]), 6) == []
+
+
+@pytest.mark.parametrize(
+    "train_count, batch_size, epochs, expected",
+    [
+        # 6000 / 256 rounds up to 24 steps an epoch, 72 in all.
+        (
+            6000,
+            256,
+            3,
+            "Only 72 training steps in all: 6000 images at --batch-size 256 for 3 epochs. So "
+            "few steps learn little more than the average image; a smaller --batch-size "
+            "(such as 64) or more --epochs give more.",
+        ),
+        (6000, 64, 3, None),  # 94 steps an epoch, 282 in all
+        (60000, 256, 20, None),  # the default run: 4,700
+        (
+            10,
+            16,
+            1,
+            "Only 1 training step in all: 10 images at --batch-size 16 for 1 epoch. So few "
+            "steps learn little more than the average image; more --epochs give more.",
+        ),
+    ],
+)
+def test_a_run_of_too_few_steps_says_how_to_get_more(train_count, batch_size, epochs, expected):
+    config = main.Config(batch_size=batch_size, epochs=epochs)
+    assert main.few_steps_advice(config, train_count) == expected
 
 
 @pytest.mark.parametrize(
