@@ -173,6 +173,11 @@ def duration(seconds):
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+def plural(count, noun):
+    """'1 epoch', '3 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class TimeEstimate(keras.callbacks.Callback):
     """After the first training steps, one line: how long the whole run will take on this
     machine (the epochs left with their validation, then the test-set evaluation) and how
@@ -236,8 +241,9 @@ class TimeEstimate(keras.callbacks.Callback):
         else:
             advice = f"not even one more epoch fits in {budget} here"
         return (
-            f"Estimated time on this machine: {duration(total)} (training {epochs_left} epochs "
-            f"of {duration(epoch)}, then the evaluation {duration(evaluation)}); {advice}."
+            f"Estimated time on this machine: {duration(total)} (training "
+            f"{plural(epochs_left, 'epoch')} of {duration(epoch)}, then the evaluation "
+            f"{duration(evaluation)}); {advice}."
         )
 
 

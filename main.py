@@ -72,6 +72,7 @@ from callbacks import (
     Terminated,
     TimeEstimate,
     all_finite,
+    plural,
     raise_terminated,
 )
 from data import DataError
@@ -496,10 +497,6 @@ def few_steps_advice(config, train_count):
         f"{config.batch_size} for {plural(config.epochs, 'epoch')}. So few steps learn little "
         f"more than the average image; {fix}more --epochs give more."
     )
-
-
-def plural(count, noun):
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class TrainingDiverged(RunError):
