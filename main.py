@@ -658,15 +658,16 @@ def evaluate_saved_model(config):
     The model file says its image size and colour, its latent size, its likelihood and
     whether it is conditional; `--dataset` must name the data it learned. The record keeps
     the settings the model was trained with; the command line's --iw-samples, --seed,
-    --limit and --data-dir steer this evaluation and are recorded as its own.
+    --limit and --data-dir steer this evaluation and are recorded as its own. A folder's
+    test set is the one the training run held out (its --seed and --test-split).
     """
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))
         previous = read_metrics(config.output_dir)
-        # Without a record (deleted, or from another program), what the model itself says.
-        trained = previous.get("config") or {"dataset": config.dataset, **model_shape(vae)}
         shape = model_shape(vae)
+        # Without a record (deleted, or from another program), what the model itself says.
+        trained = previous.get("config") or {"dataset": config.dataset, **shape}
         if config.colour == "auto":
             config = dataclasses.replace(config, colour=shape["colour"])
         # Evaluating on other data would mislead silently.
@@ -689,7 +690,13 @@ def evaluate_saved_model(config):
             likelihood=shape["likelihood"],
             conditional=shape["conditional"],
         )
-        images = load_images(config, test_only=True)
+        # Another --seed draws another test set from a folder, training images among them.
+        held_out = dataclasses.replace(
+            config,
+            seed=trained.get("seed", config.seed),
+            test_split=trained.get("test_split", config.test_split),
+        )
+        images = load_images(held_out, test_only=True)
         check_labels(config, images)
         if vae.conditional and images.num_classes != vae.num_classes:
             raise RunError(

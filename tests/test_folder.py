@@ -131,7 +131,8 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
     """The same digits through the folder and through the IDX files (28x28: the folder's
     files are used as they are): the test negative ELBOs agree within a few per cent, the
     difference of two test sets of 200 to 240 digits. Without class sub-folders the run is
-    unlabelled: drawn in one colour, and refused as a conditional model."""
+    unlabelled: drawn in one colour, and refused as a conditional model. --evaluate-only
+    scores the images the run held out, whatever --seed and --test-split say then."""
     classes, flat, _ = mnist_pngs
     settings = dict(image_size=28, limit=1200, epochs=2, image_every=0)
     elbo = {}
@@ -150,6 +151,23 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
     assert elbo["classes"] == pytest.approx(elbo["idx"], rel=0.05), elbo
     assert elbo["flat"] == pytest.approx(elbo["idx"], rel=0.05), elbo
     assert (tmp_path / "flat" / "plots" / "interpolation.png").exists()
+
+    (sprite,) = (tmp_path / "classes").glob("logs/*/projector/sprite.png")  # the test images
+    held_out = sprite.read_bytes()
+    main.evaluate_saved_model(
+        main.Config(
+            dataset="folder",
+            data_dir=str(classes),
+            output_dir=str(tmp_path / "classes"),
+            evaluate_only=True,
+            image_size=28,
+            limit=1200,
+            seed=5,
+            iw_samples=2,
+            plots=False,
+        )
+    )
+    assert sprite.read_bytes() == held_out
 
     with pytest.raises(DataError, match="--conditional needs labelled images"):
         main.train(quick_config(tmp_path / "c", str(flat), dataset="folder", conditional=True))
