@@ -232,10 +232,13 @@ def _worker_argv(args, name):
 def run_worker(args, name, backend=None, seed=None, budget=None):
     """One worker in a fresh Python process (on `backend`, with `seed` and `budget`, if
     given): its JSON result."""
-    changes = {key: value for key, value in (("seed", seed), ("budget", budget)) if value}
+    changes = {
+        key: value for key, value in (("seed", seed), ("budget", budget)) if value is not None
+    }
     args = argparse.Namespace(**{**vars(args), **changes})
-    label = name + (f" on {backend}" if backend else "") + (f", seed {seed}" if seed else "")
-    label += f", budget {budget:g}" if budget else ""
+    label = name + (f" on {backend}" if backend else "")
+    label += f", seed {seed}" if seed is not None else ""
+    label += f", budget {budget:g}" if budget is not None else ""
     environment = {"KERAS_BACKEND": backend} if backend else None
     return run_in_subprocess(_worker_argv(args, name), label, environment, cwd=REPO)
 

@@ -224,10 +224,14 @@ def run_training_worker(name, args):
     config = main.settled(config, images.colour)
     if name == "default":
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
+    # Counted before seeding: building a model draws initializer seeds, and the default
+    # must start from the weights `python main.py --seed S` starts from.
+    default_flops = vae_flops(
+        main.build_model(dataclasses.replace(config, dtype_policy="float32"))
+    )[1]
     keras.utils.set_random_seed(config.seed)
     train_images, test_images = images.train_images, images.test_images
     reference_epochs = args.epochs_default or config.epochs
-    default_flops = vae_flops(main.build_model(config))[1]
     if name == "default":
         epochs = schedule_epochs(args.budget, reference_epochs, default_flops, default_flops)
         config = dataclasses.replace(config, epochs=epochs)

@@ -256,3 +256,29 @@ def test_each_worker_is_told_its_own_seed_and_budget():
         worker_argv = [*benchmark._worker_argv(worker, "default"), "out.json"]
         parsed = benchmark.parse_args(worker_argv[2:])
         assert (parsed.seed, parsed.budget, parsed.worker_output) == (seed, budget, "out.json")
+
+
+def test_the_benchmarks_default_run_is_the_one_main_py_trains(tmp_path, mnist_dir):
+    """Same seed, same images: the benchmark's default schedule at budget 1 starts from the
+    weights `python main.py` starts from and trains the same losses, so its figures are the
+    program's."""
+    import main
+
+    args = benchmark.parse_args(
+        ["--data-dir", mnist_dir, "--limit", "512", "--epochs-default", "1", "--seeds", "3"]
+    )
+    result = workers.run_training_worker("default", args)
+    _, history = main.train(
+        main.Config(
+            data_dir=mnist_dir,
+            limit=512,
+            epochs=1,
+            seed=3,
+            output_dir=str(tmp_path),
+            iw_samples=2,
+            image_every=0,
+            plots=False,
+        )
+    )
+    for name in ("loss", "val_loss"):
+        assert result["epochs"][0][name] == pytest.approx(history.history[name][0], rel=1e-6)
