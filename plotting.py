@@ -247,7 +247,7 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
 
 def interpolation_pairs(labels, count, seed=0):
     """Up to `count` pairs of two distinct test images, drawn at random; the two are of
-    different classes wherever the test set has another class. None for a single image."""
+    different classes wherever the test set has another class; none for a single image."""
     labels = np.asarray(labels)
     if len(labels) < 2:
         return []

@@ -162,8 +162,15 @@ def read_progress(output_dir):
 
 
 def finish_run(output_dir):
-    """The run is complete (models, metrics and plots written): its backup can go."""
-    shutil.rmtree(os.path.join(output_dir, "backup"), ignore_errors=True)
+    """The run is complete (models, metrics and plots written): its backup can go. Renamed
+    before it is deleted: a run stopped while the files go must not leave part of a backup
+    for the same command to resume from."""
+    backup = os.path.join(output_dir, "backup")
+    finished = backup + ".finished"
+    shutil.rmtree(finished, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(backup, finished)
+    shutil.rmtree(finished, ignore_errors=True)
 
 
 """

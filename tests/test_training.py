@@ -41,6 +41,7 @@ def test_a_run_writes_every_output(trained_run):
     ):
         assert np.all(np.isfinite(history.history[name])), name
     assert not (output_dir / "backup").exists()  # a finished run leaves no backup behind
+    assert not (output_dir / "backup.finished").exists()
     assert not glob.glob(str(output_dir / "**" / "*.partial*"), recursive=True)
 
 
