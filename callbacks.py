@@ -1,5 +1,6 @@
-"""The Keras callbacks of a training run: safe checkpoints and backups, Ctrl-C that is
-never lost, the KL schedule, pictures in TensorBoard.
+"""The Keras callbacks of a training run: safe checkpoints and backups, Ctrl-C and SIGTERM
+that stop it cleanly, the time estimate, the KL weight and bits per dimension in the logs,
+pictures in TensorBoard.
 
 `main.make_callbacks` picks which of them a run uses. The checkpoint and the backup skip
 any epoch whose loss is NaN or infinite, so a diverging run never overwrites good weights.
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 
 import plotting
+from evaluation import bits_per_dimension
 from run_folder import (
     PROGRESS_FILE,
     model_file_bytes,
@@ -262,7 +264,7 @@ class LogBitsPerDimension(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "val_loss" in logs:
-            logs["val_bits_per_dim"] = logs["val_loss"] / (self.model.dimensions * math.log(2))
+            logs["val_bits_per_dim"] = bits_per_dimension(logs["val_loss"], self.model.dimensions)
 
 
 class TensorBoardImages(keras.callbacks.Callback):

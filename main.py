@@ -77,7 +77,7 @@ from callbacks import (
 )
 from data import DataError
 from flops import forward_flops, vae_flops
-from projector import write_projector
+from projector import projector_sample, write_projector
 from run_folder import (
     RunError,
     check_writable,
@@ -480,8 +480,8 @@ run_folder.py. `evaluate_saved_model` is the same ending for a model saved earli
 
 
 # Below this many optimizer steps in all, the model learns little more than the average
-# image (3 epochs of 6,000 MNIST digits at batch 256, 72 steps, end where the mean image
-# would; at batch 64, 282 steps, they draw the digits): say how to get more steps.
+# image (docs/performance.md, "How to check", has the quick try's measurements): a run
+# that short says how to get more steps.
 FEW_STEPS = 250
 
 
@@ -794,12 +794,13 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
 def show_in_projector(vae, images, output_dir, run_name):
     """The test images' z_mean, classes and pictures for TensorBoard's Projector
     (projector.py), in the run's folder under logs/."""
-    z_mean = plotting.encode(vae.encoder, images.test_images, images.test_labels)
+    count = projector_sample(*images.test_images.shape[:2])
+    test_images = images.test_images[:count]
+    labels = None if images.test_labels is None else images.test_labels[:count]
+    z_mean = plotting.encode(vae.encoder, test_images, labels)
     log_dir = os.path.join(output_dir, "logs", run_name)
     with contextlib.suppress(ImportError):  # TensorFlow writes TensorBoard's files
-        count = write_projector(
-            log_dir, z_mean, images.test_images, images.test_labels, images.class_names
-        )
+        count = write_projector(log_dir, z_mean, test_images, labels, images.class_names)
         print(f"The latent space of {count} test images is in TensorBoard's Projector")
 
 

@@ -78,13 +78,6 @@ def principal_components(points, count=2):
     return centred @ axes[:count].T
 
 
-def _tile(images, rows, columns):
-    """(rows*columns, h, w, channels) -> one (rows*h, columns*w, channels) picture."""
-    height, width, channels = images.shape[1:]
-    grid = images.reshape(rows, columns, height, width, channels)
-    return grid.transpose(0, 2, 1, 3, 4).reshape(rows * height, columns * width, channels)
-
-
 def show(axes, picture):
     """Draw an (h, w, channels) picture in [0, 1]: grey on a grey scale, or in colour."""
     if picture.shape[-1] == 1:
@@ -173,7 +166,7 @@ def plot_manifold(decoder, path, label=None, class_name=None, grid_size=20):
     images = decode(decoder, z, np.full(len(z), label))
     size = images.shape[1]
     figure, axes = plt.subplots(figsize=(10, 10))
-    show(axes, _tile(images, grid_size, grid_size))
+    show(axes, image_grid(images, grid_size))
     ticks = np.arange(grid_size) * size + size / 2
     axes.set_xticks(ticks[::2], [f"{v:.2f}" for v in values[::2]], rotation=90)
     axes.set_yticks(ticks[::2], [f"{v:.2f}" for v in values[::-1][::2]])
@@ -212,7 +205,7 @@ def prior_samples(decoder, count, seed=0, labels=None):
 def plot_samples(decoder, path, grid_size=10, seed=0):
     images = prior_samples(decoder, grid_size * grid_size, seed)
     figure, axes = plt.subplots(figsize=(8, 8))
-    show(axes, _tile(images, grid_size, grid_size))
+    show(axes, image_grid(images, grid_size))
     axes.axis("off")
     title = "Samples: z drawn from N(0, I)"
     axes.set_title(title + (", random classes" if is_conditional(decoder) else "") + ", decoded")
@@ -221,7 +214,7 @@ def plot_samples(decoder, path, grid_size=10, seed=0):
 
 def _save_grid_with_row_labels(images, rows, columns, row_labels, title, path):
     figure, axes = plt.subplots(figsize=(columns, rows + 1))
-    show(axes, _tile(images, rows, columns))
+    show(axes, image_grid(images, columns))
     size = images.shape[1]
     axes.set_yticks(np.arange(rows) * size + size / 2, row_labels)
     axes.set_xticks([])

@@ -204,13 +204,13 @@ def saving(path, needed_bytes, partial=None):
         ) from None
 
 
-def model_file_bytes(model, path, with_optimizer=True):
+def model_file_bytes(model, path):
     """About how large `path` will be: its previous size, else the weights' bytes (and the
     optimizer's, which a .keras file of a compiled model holds too)."""
     with contextlib.suppress(OSError):
         return os.path.getsize(path)
     variables = list(model.weights)
-    if with_optimizer and getattr(model, "optimizer", None) is not None:
+    if getattr(model, "optimizer", None) is not None:
         variables += list(model.optimizer.variables)
     return sum(math.prod(variable.shape) * 4 for variable in variables)
 

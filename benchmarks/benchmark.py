@@ -81,7 +81,7 @@ from benchmarks.workers import (  # noqa: E402
 )
 from data import DATASETS  # noqa: E402
 
-BACKEND_IMAGES = 12000  # per backend: enough for a steady epoch, ~2 minutes for all three
+BACKEND_IMAGES = 12000  # per backend: enough for a steady epoch, little enough to be quick
 BACKEND_EPOCHS = 2  # the first includes tracing / compilation; the last is timed
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 DEFAULT_OUTPUT_DIR = REPO / "benchmarks" / "results"

@@ -2,6 +2,7 @@ import gzip
 import json
 import os
 import pathlib
+import socket
 import struct
 import subprocess
 import sys
@@ -110,10 +111,20 @@ def quick_arguments(output_dir, data_dir, **overrides):
     return arguments
 
 
-def quick_code(output_dir, data_dir, **overrides):
-    """The same quick run as `main.Config(...)` source code, for a fresh interpreter."""
-    settings = quick_settings(output_dir, data_dir, **overrides)
-    return "main.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings.items()) + ")"
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def colour_spread(picture):
+    """Mean absolute difference between an RGB(A) picture's channels: exactly 0 for a grey
+    picture (matplotlib draws grey levels with three equal channels)."""
+    import numpy as np
+
+    rgb = np.asarray(picture, np.float64)[..., :3]
+    return np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()
 
 
 def small_vae(**overrides):

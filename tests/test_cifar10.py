@@ -31,7 +31,7 @@ from cifar10_files import (
     write_archive,
     write_folder,
 )
-from conftest import quick_config, run_python
+from conftest import colour_spread, quick_config, run_python
 from data import DataError
 
 
@@ -263,13 +263,6 @@ def test_no_download_names_the_offline_files(monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(DataError, match="could not download cifar10 .*cifar-10-python.tar.gz"):
         data.load_dataset("cifar10")
-
-
-def colour_spread(picture):
-    """Mean absolute difference between an RGB(A) picture's channels: exactly 0 for a grey
-    picture (matplotlib draws grey levels with three equal channels)."""
-    rgb = np.asarray(picture, np.float64)[..., :3]
-    return np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,21 @@ strategies must be set up before TensorFlow or JAX starts."""
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import QUICK, REPO, SHARED_DATA, run_main, run_python, wait_for_first_epoch
+from conftest import (
+    QUICK,
+    REPO,
+    SHARED_DATA,
+    free_port,
+    run_main,
+    run_python,
+    wait_for_first_epoch,
+)
 
 SMALL_RUN = ", ".join(f"{name}={value!r}" for name, value in QUICK.items())
 
@@ -82,12 +89,6 @@ def test_mirrored_training_reports_the_single_device_losses(mirrored_vs_one_devi
         tolerance = dict(rel=0.02) if name != "kl_loss" else dict(abs=0.5)
         assert mirrored[name] == pytest.approx(single[name], **tolerance), name
     assert (mirrored_vs_one_device["folder"] / "mirrored" / "models" / "vae.keras").exists()
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 WORKER = """

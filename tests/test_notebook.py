@@ -16,7 +16,7 @@ import pytest
 
 import data
 from cifar10_files import python_batches, write_archive
-from conftest import REPO, quick_config
+from conftest import REPO, colour_spread, quick_config
 
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
 PICTURE_SECTIONS = [
@@ -87,12 +87,6 @@ def pictures_in(cell):
         np.asarray(Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"]))))
         for output in images_in(cell)
     ]
-
-
-def colour_spread(picture):
-    """Mean absolute difference between a picture's channels: exactly 0 for a grey one."""
-    rgb = np.asarray(picture, np.float64)[..., :3]
-    return np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()
 
 
 def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, tmp_path):

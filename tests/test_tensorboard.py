@@ -5,7 +5,6 @@ and one card per kind of picture in the Images tab."""
 import io
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ import pytest
 import data
 import main
 import projector
-from conftest import quick_config
+from conftest import free_port, quick_config
 
 TENSOR = "z_mean/.ATTRIBUTES/VARIABLE_VALUE"
 RUNS = {"plain": dict(latent_dim=3), "conditional": dict(conditional=True)}
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
