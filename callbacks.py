@@ -78,8 +78,8 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.write = write
         self.progress = dict(progress or {})
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -99,7 +99,6 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         write_atomically(
             os.path.join(self.backup_dir, PROGRESS_FILE), json.dumps(self.progress, indent=2)
         )
-        self.epoch_started = time.perf_counter()
 
 
 """
