@@ -98,8 +98,9 @@ def markdown_table(results, summary):
     budget = summary["budget_seconds"]
     header = (
         "| model | parameters | batch | epochs | final test -ELBO | test -ELBO within "
-        f"{budget:,.1f} s | s to reach baseline's final | train images/s | s/epoch | peak "
-        "memory MiB | training MFLOP/image | GFLOP/s | % of the matmul peak (its dtype) |"
+        f"{budget:,.1f} s | s to reach baseline's final | train images/s (steady epoch) | "
+        "s/epoch | peak memory MiB | training MFLOP/image | GFLOP/s (steady epoch) | "
+        "% of the matmul peak (its dtype) |"
     )
     rows = [header, "|" + " --- |" * (header.count("|") - 1)]
     for name in MODELS:
@@ -237,7 +238,8 @@ def schedules_table(schedules, matmul):
     TFLOP, final test -ELBO, and the seconds, speed and share of the peak of the same run."""
     rows = [
         "| model | budget (x a default run) | epochs | training TFLOP | final test -ELBO | "
-        "training s | train images/s | GFLOP/s | % of the matmul peak (its dtype) |",
+        "training s | train images/s (whole run) | GFLOP/s (whole run) | "
+        "% of the matmul peak (its dtype) |",
         "|" + " --- |" * 9,
     ]
     for name in MODELS:
@@ -282,7 +284,8 @@ def write_markdown(path, report):
         "- Each row is a complete schedule (the step size's warm-up and decay span its epochs) "
         "of the given share of a default run's training FLOPs; the test -ELBO is its last "
         "epoch's. FLOPs do not depend on the machine; seconds, images/s and the share of the "
-        "peak are this machine's, in the same run. The plot: elbo_vs_flops.png.",
+        "peak are this machine's, in the same run, over the whole run (the first epoch's "
+        "tracing included); the table below gives a steady epoch's. The plot: elbo_vs_flops.png.",
         "",
         "## The two full runs, epoch by epoch",
         "",
