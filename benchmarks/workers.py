@@ -212,6 +212,7 @@ def run_training_worker(name, args):
 
     import data
     import main
+    from callbacks import plural
 
     overrides = {
         "dataset": args.dataset,
@@ -244,7 +245,7 @@ def run_training_worker(name, args):
             f"batch {config.batch_size}, Adam {config.learning_rate:g}"
             f"{' with cosine decay' if config.cosine_decay else ''}"
             f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "
-            f"KL warm-up {config.kl_warmup_epochs} epochs"
+            f"KL warm-up {plural(config.kl_warmup_epochs, 'epoch')}"
         )
     else:
         keras.config.set_dtype_policy("float32")
