@@ -201,9 +201,15 @@ class Config:
         choices=["auto", *LIKELIHOOD_PARAMETERS],
     )
     filters: int = setting(
-        32, "channels of the first convolution (the second has twice as many)", positive_int
+        24, "channels of the first convolution (the second has twice as many)", positive_int
     )
-    hidden_units: int = setting(512, "width of the dense layers next to z", positive_int)
+    hidden_units: int = setting(256, "width of the dense layers next to z", positive_int)
+    hidden_layers: int = setting(
+        3,
+        "dense layers on each side of z: they are small, so depth there costs little "
+        "arithmetic, and it lets a few latent coordinates bend into a whole image",
+        positive_int,
+    )
     dense_activation: str = setting(
         "gelu",
         "activation of the dense layers next to z (the convolutions use relu)",
@@ -229,7 +235,7 @@ class Config:
         non_negative_int,
     )
     # Training
-    epochs: int = setting(20, "passes over the training set", positive_int)
+    epochs: int = setting(14, "passes over the training set", positive_int)
     batch_size: int = setting(
         256, "images per gradient step: large batches keep a CPU's vector units busy", positive_int
     )
@@ -417,6 +423,7 @@ def architecture(config, num_classes=data.NUM_CLASSES):
         "latent_dim": config.latent_dim,
         "filters": config.filters,
         "hidden_units": config.hidden_units,
+        "hidden_layers": config.hidden_layers,
         "dense_activation": config.dense_activation,
         "conv_bias": config.conv_bias,
         "num_classes": num_classes if config.conditional else 0,

@@ -95,6 +95,7 @@ RESUME_SETTINGS = (
     "latent_dim",
     "filters",
     "hidden_units",
+    "hidden_layers",
     "dense_activation",
     "conv_bias",
     "conditional",

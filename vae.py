@@ -38,12 +38,14 @@ def build_encoder(
     latent_dim,
     filters,
     hidden_units,
+    hidden_layers,
     dense_activation,
     conv_bias,
     num_classes=0,
     dtype_policy=None,
 ):
-    """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then a dense layer.
+    """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then `hidden_layers` dense
+    layers of `hidden_units`.
 
     With `num_classes` (a conditional VAE) the one-hot label joins the dense layer, and
     the model takes `[image, one_hot_label]`. `dtype_policy` ("mixed_bfloat16") sets the
@@ -61,7 +63,8 @@ def build_encoder(
         x = layers.Concatenate(**hidden)([x, inputs[1]])
     # A smooth activation next to z: the dense layers hold most of the mapping between
     # image features and the few latent coordinates, and learn it faster than with relu.
-    x = layers.Dense(hidden_units, activation=dense_activation, **hidden)(x)
+    for _ in range(hidden_layers):
+        x = layers.Dense(hidden_units, activation=dense_activation, **hidden)(x)
     # float32 heads: the KL term and the sampling noise are sensitive to rounding.
     z_mean = layers.Dense(latent_dim, name="z_mean", dtype="float32")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var", dtype="float32")(x)
@@ -75,6 +78,7 @@ def build_decoder(
     latent_dim,
     filters,
     hidden_units,
+    hidden_layers,
     dense_activation,
     conv_bias,
     likelihood,
@@ -101,7 +105,10 @@ def build_decoder(
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
         x = layers.Concatenate(**hidden)(inputs)
-    x = layers.Dense(hidden_units, activation=dense_activation, **hidden)(x)
+    # Depth is cheap here (these layers are small beside the convolutions), and the map
+    # from a few latent coordinates to a whole image needs it.
+    for _ in range(hidden_layers):
+        x = layers.Dense(hidden_units, activation=dense_activation, **hidden)(x)
     x = layers.Dense(base_size * base_size * 2 * filters, activation=dense_activation, **hidden)(x)
     x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, **conv)(x)

@@ -241,7 +241,8 @@ def run_training_worker(name, args):
         warmup = config.lr_warmup_epochs
         description = (
             f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
-            f"{config.hidden_units} ({config.dense_activation}), latent {config.latent_dim}, "
+            f"{config.hidden_layers} x {config.hidden_units} ({config.dense_activation}) on each "
+            f"side of z, latent {config.latent_dim}, "
             f"batch {config.batch_size}, Adam {config.learning_rate:g}"
             f"{' with cosine decay' if config.cosine_decay else ''}"
             f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "

@@ -56,6 +56,21 @@ def test_convolutions_have_biases_only_with_conv_bias(tmp_path):
     )
 
 
+def test_hidden_layers_stack_dense_layers_on_each_side_of_z():
+    def dense_widths(model):
+        return [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+    one = small_vae(hidden_units=8, hidden_layers=1)
+    three = small_vae(hidden_units=8, hidden_layers=3)
+    # Encoder: the hidden layers, then the z_mean and z_log_var heads (latent 2). Decoder: the
+    # hidden layers, then the 8x8 grid of twice 4 filters for the 32x32 image.
+    assert dense_widths(three.encoder) == [8, 8, 8, 2, 2]
+    assert dense_widths(three.decoder) == [8, 8, 8, 8 * 8 * 8]
+    assert dense_widths(one.decoder) == [8, 8 * 8 * 8]
+    # Two more 8 -> 8 layers (64 weights and 8 biases each) on each side.
+    assert three.count_params() == one.count_params() + 2 * 2 * (64 + 8)
+
+
 def test_sampling_draws_from_the_given_gaussian():
     sampling = vae_module.Sampling(seed=3)
     z_mean = np.full((20000, 2), [1.0, -2.0], dtype=np.float32)
