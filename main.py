@@ -489,7 +489,7 @@ run_folder.py. `evaluate_saved_model` is the same ending for a model saved earli
 # Below this many optimizer steps in all, the model learns little more than the average
 # image (docs/performance.md, "How to check", has the quick try's measurements): a run
 # that short says how to get more steps.
-FEW_STEPS = 250
+FEW_STEPS = 400
 
 
 def few_steps_advice(config, train_count):
