@@ -47,7 +47,7 @@ def build_encoder(
     """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions, then `hidden_layers` dense
     layers of `hidden_units`.
 
-    With `num_classes` (a conditional VAE) the one-hot label joins the dense layer, and
+    With `num_classes` (a conditional VAE) the one-hot label joins the first dense layer, and
     the model takes `[image, one_hot_label]`. `dtype_policy` ("mixed_bfloat16") sets the
     hidden layers' compute dtype; the heads stay float32. None: Keras' global policy.
     `conv_bias` gives the convolutions biases (the dense layers always have them).
