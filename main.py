@@ -41,6 +41,7 @@ Projector), flops.py (what a step costs, for the time estimate) and distribution
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -141,12 +142,30 @@ def setting(default, help, type=None, choices=None):
 
 
 # Settings whose best value depends on the images' colour, for a run that leaves them unset:
-# grey digits and clothes are drawn in a 2-D latent space with the classic Bernoulli loss;
-# colour photos need more than two numbers, and a likelihood of their 8-bit values.
+# grey digits and clothes are drawn in a 2-D latent space with the classic Bernoulli loss,
+# in large batches; colour pictures need more than two numbers, a likelihood of their 8-bit
+# values that reads each pixel's neighbours, and smaller batches, as colour data sets are
+# often a few thousand images. Epochs: at least `epochs`, and enough for `steps` steps.
 COLOUR_DEFAULTS = {
-    "grey": {"latent_dim": 2, "likelihood": "bernoulli"},
-    "rgb": {"latent_dim": 128, "likelihood": "discretized_logistic"},
+    "grey": {
+        "latent_dim": 2,
+        "likelihood": "bernoulli",
+        "batch_size": 256,
+        "learning_rate": 4e-3,
+        "epochs": 14,
+        "steps": 3000,
+    },
+    "rgb": {
+        "latent_dim": 128,
+        "likelihood": "autoregressive",
+        "batch_size": 64,
+        "learning_rate": 2e-3,
+        "epochs": 1,
+        "steps": 2000,
+    },
 }
+# TensorBoard's pictures about this many times in a run, when --image-every is left unset.
+IMAGE_LOGS = 20
 
 
 @dataclass
@@ -235,11 +254,29 @@ class Config:
         non_negative_int,
     )
     # Training
-    epochs: int = setting(14, "passes over the training set", positive_int)
-    batch_size: int = setting(
-        256, "images per gradient step: large batches keep a CPU's vector units busy", positive_int
+    epochs: int = setting(
+        None,
+        "passes over the training set; default: enough for "
+        f"{COLOUR_DEFAULTS['grey']['steps']:,} steps and at least "
+        f"{COLOUR_DEFAULTS['grey']['epochs']} epochs for grey images, "
+        f"{COLOUR_DEFAULTS['rgb']['steps']:,} steps for colour ones, so a small data set still "
+        "gets enough steps to learn",
+        positive_int,
     )
-    learning_rate: float = setting(4e-3, "Adam's step size after the warm-up", positive_float)
+    batch_size: int = setting(
+        None,
+        "images per gradient step; default "
+        f"{COLOUR_DEFAULTS['grey']['batch_size']} for grey images (large batches keep a CPU's "
+        f"vector units busy), {COLOUR_DEFAULTS['rgb']['batch_size']} for colour ones",
+        positive_int,
+    )
+    learning_rate: float = setting(
+        None,
+        "Adam's step size after the warm-up; default "
+        f"{COLOUR_DEFAULTS['grey']['learning_rate']:g} for grey images, "
+        f"{COLOUR_DEFAULTS['rgb']['learning_rate']:g} for colour ones",
+        positive_float,
+    )
     lr_warmup_epochs: int = setting(
         1,
         "raise the step size linearly from a tenth of --learning-rate to it over this many "
@@ -285,9 +322,9 @@ class Config:
         non_negative_int,
     )
     image_every: int = setting(
-        1,
+        None,
         "log reconstructions, samples and the latent scatter to TensorBoard every N epochs "
-        "(0: never)",
+        f"(0: never); default: about {IMAGE_LOGS} times in a run",
         non_negative_int,
     )
 
@@ -346,20 +383,46 @@ def parse_args(argv=None):
     return config
 
 
-def settled(config, colour=None):
+def settled(config, colour=None, train_count=None):
     """`config` with the settings left to the data filled in: the images' `colour` (as
     loaded; MNIST's, Fashion-MNIST's and CIFAR-10's is known from their name), then the
-    latent size and likelihood for that colour (COLOUR_DEFAULTS)."""
+    settings for that colour (COLOUR_DEFAULTS) and, given the number of training images,
+    the epochs and how often TensorBoard gets pictures."""
     if config.colour == "auto":
         colour = colour or data.STORED_COLOUR.get(config.dataset)
         if colour is None:
             raise ValueError("a folder's colour is known once it is read: pass its images' colour")
         config = dataclasses.replace(config, colour=colour)
     defaults = COLOUR_DEFAULTS[config.colour]
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         latent_dim=config.latent_dim or defaults["latent_dim"],
         likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
+        batch_size=config.batch_size or defaults["batch_size"],
+        learning_rate=config.learning_rate or defaults["learning_rate"],
+    )
+    if train_count is None:
+        return config
+    steps_per_epoch = math.ceil(train_count / config.batch_size)
+    epochs = config.epochs or max(
+        defaults["epochs"], math.ceil(defaults["steps"] / steps_per_epoch)
+    )
+    image_every = config.image_every
+    if image_every is None:
+        image_every = max(1, round(epochs / IMAGE_LOGS))
+    return dataclasses.replace(config, epochs=epochs, image_every=image_every)
+
+
+def chosen_schedule(given, config, train_count):
+    """One line that says the epochs and batch size this run chose for its data, or None
+    where the command line gave both."""
+    if given.epochs and given.batch_size:
+        return None
+    steps = config.epochs * math.ceil(train_count / config.batch_size)
+    return (
+        f"Training {plural(config.epochs, 'epoch')} of {train_count:,} images in batches of "
+        f"{config.batch_size}: {steps:,} steps, chosen for {config.colour} images of this "
+        "number (--epochs and --batch-size choose otherwise)"
     )
 
 
@@ -472,7 +535,11 @@ def make_model(config, train_size, num_classes=data.NUM_CLASSES):
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    vae.compile(optimizer=FusedAdam(learning_rate))
+    # XLA fuses the pixel head's mixture, dozens of element-wise steps per value, into a few
+    # passes; the other likelihoods keep TensorFlow's kernels, which they were tuned on.
+    vae.compile(
+        optimizer=FusedAdam(learning_rate), jit_compile=vae.pixel_head is not None or "auto"
+    )
     return vae
 
 
@@ -573,7 +640,8 @@ def train(config):
     with output_lock(config.output_dir) if placement.is_chief else contextlib.nullcontext():
         images = load_images(config)
         check_labels(config, images)
-        config = settled(config, images.colour)
+        given = config
+        config = settled(config, images.colour, len(images.train_images))
         # Before seeding: the timed steps draw no numbers that count.
         config = resolve_dtype_policy(config, images.num_classes)
         keras.utils.set_random_seed(config.seed)
@@ -612,9 +680,12 @@ def train(config):
             f"{train_count} training and {test_count} test images. "
             f"Watch it with: tensorboard --logdir {log_dir}"
         )
-        advice = few_steps_advice(config, train_count)
-        if advice and not resumed:
-            print(advice)
+        for line in (
+            chosen_schedule(given, config, train_count),
+            few_steps_advice(config, train_count),
+        ):
+            if line and not resumed:
+                print(line)
         callbacks = make_callbacks(
             config, run_name, vae, train_count, images, progress, placement.is_chief
         )
@@ -771,6 +842,11 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
         + f"; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions "
         "active"
     )
+    print(
+        f"Lossless coders on {metrics['coder_images']:,} of these test images, each alone: PNG "
+        f"{metrics['png_bits_per_dim']:.3f} bits/dim, WebP {metrics['webp_bits_per_dim']:.3f} "
+        f"(the model's importance-weighted figure: {metrics['iw_bits_per_dim']:.3f})"
+    )
     trained = trained or dataclasses.asdict(config)
     record = {
         "run_name": run_name,
@@ -830,6 +906,7 @@ def draw_plots(vae, config, images):
         plots_dir,
         seed=config.seed,
         plot_class=config.plot_class,
+        draw=None if vae.pixel_head is None else functools.partial(vae.draw, seed=config.seed),
     )
     print(f"Plots in {plots_dir}")
 

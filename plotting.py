@@ -57,13 +57,16 @@ def encode(encoder, images, labels):
     return posterior(encoder, images, labels)[0]
 
 
-def decode(decoder, z, labels=None):
-    """Images decoded from z, in batches; `labels` (ints or one-hot rows) if conditional."""
+def decode(decoder, z, labels=None, draw=None):
+    """Images decoded from z, in batches; `labels` (ints or one-hot rows) if conditional.
+    `draw`: a function of the decoder's inputs that draws the images instead of the decoder
+    (a VAE with a pixel head draws them pixel by pixel: vae.VAE.draw)."""
+    inputs = z
     if is_conditional(decoder):
         labels = np.asarray(labels)
         conditions = labels if labels.ndim == 2 else one_hot(labels, decoder.inputs[1].shape[-1])
-        return run_model(decoder, [z, conditions.astype(np.float32)])
-    return run_model(decoder, z)
+        inputs = [z, conditions.astype(np.float32)]
+    return draw(inputs) if draw else run_model(decoder, inputs)
 
 
 def take(labels, index):
@@ -193,17 +196,17 @@ def plot_reconstructions(images, reconstructions, path):
     _save(figure, path)
 
 
-def prior_samples(decoder, count, seed=0, labels=None):
+def prior_samples(decoder, count, seed=0, labels=None, draw=None):
     """Decodes of z drawn from the prior N(0, I) (with random labels if conditional)."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((count, decoder.inputs[0].shape[-1])).astype(np.float32)
     if labels is None and is_conditional(decoder):
         labels = rng.integers(0, decoder.inputs[1].shape[-1], count)
-    return decode(decoder, z, labels)
+    return decode(decoder, z, labels, draw)
 
 
-def plot_samples(decoder, path, grid_size=10, seed=0):
-    images = prior_samples(decoder, grid_size * grid_size, seed)
+def plot_samples(decoder, path, grid_size=10, seed=0, draw=None):
+    images = prior_samples(decoder, grid_size * grid_size, seed, draw=draw)
     figure, axes = plt.subplots(figsize=(8, 8))
     show(axes, image_grid(images, grid_size))
     axes.axis("off")
@@ -336,9 +339,18 @@ def plot_traversals(
 
 
 def plot_all(
-    encoder, decoder, test_images, test_labels, class_names, plots_dir, seed=0, plot_class=None
+    encoder,
+    decoder,
+    test_images,
+    test_labels,
+    class_names,
+    plots_dir,
+    seed=0,
+    plot_class=None,
+    draw=None,
 ):
-    """Write every plot of a trained model into `plots_dir`."""
+    """Write every plot of a trained model into `plots_dir`. `draw` (see `decode`) draws
+    the reconstructions and samples; the other plots show the decoder's own images."""
     os.makedirs(plots_dir, exist_ok=True)
     z_mean, z_log_var = posterior(
         encoder, test_images, test_labels
@@ -349,11 +361,11 @@ def plot_all(
         os.path.join(plots_dir, "latent_space.png"),
     )
     shown = slice(0, 10)
-    reconstructions = decode(decoder, z_mean[shown], take(test_labels, shown))
+    reconstructions = decode(decoder, z_mean[shown], take(test_labels, shown), draw)
     plot_reconstructions(
         test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
     )
-    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
+    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed, draw=draw)
     drawn = plot_interpolation(
         decoder,
         z_mean,

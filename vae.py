@@ -22,13 +22,20 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+import pixel_head
+from pixel_head import LEVELS, discretized_logistic_log_probability
+
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 # The decoder's "logits" give this many numbers per pixel and channel for each likelihood.
-LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2}
-LEVELS = 256  # 8-bit data: the values k / 255 for k = 0 ... 255
+# "autoregressive" also reads the decoder's "logits" as a discretized logistic: its image.
+LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregressive": 2}
 # bfloat16 is chosen only where its steps take less than this share of float32's: a
 # closer call is not worth its rounding, and should not flip between runs on one machine.
 BFLOAT16_SPEED_MARGIN = 0.9
+# The autoregressive likelihood's pixel head: its width, depth and logistics per pixel, and
+# the weight of the decoder's own image in its training loss (VAE).
+PIXEL_HEAD = {"width": 64, "depth": 2, "components": 5}
+DECODER_IMAGE_WEIGHT = 0.1
 
 
 def build_encoder(
@@ -112,7 +119,7 @@ def build_decoder(
     x = layers.Dense(base_size * base_size * 2 * filters, activation=dense_activation, **hidden)(x)
     x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, **conv)(x)
-    x = layers.Conv2DTranspose(filters, 3, strides=2, **conv)(x)
+    x = layers.Conv2DTranspose(filters, 3, strides=2, name="features", **conv)(x)
     image = likelihood_head(
         x, image_size=image_size, channels=channels, likelihood=likelihood, dtype=dtype_policy
     )
@@ -205,35 +212,6 @@ def kl_divergence(z_mean, z_log_var):
     return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
 
 
-def discretized_logistic_log_probability(values, location, log_scale):
-    """log P(value) of each 8-bit value (k / 255, k = 0 ... 255) under a logistic of this
-    location and log-scale, discretized to the 256 levels.
-
-    Level k takes the logistic's mass within half a level of k / 255; the two end levels
-    take their whole tail as well, so the 256 probabilities sum to 1. With
-    upper = (x + half - location) / scale and lower = (x - half - location) / scale:
-        P = sigmoid(upper) - sigmoid(lower)
-          = sigmoid(upper) * sigmoid(-lower) * (1 - exp(-(upper - lower)))
-    computed in logs, which stays exact where both sigmoids are near 0 or near 1.
-    """
-    half_level = 0.5 / (LEVELS - 1)
-    # A scale beyond exp(+-20) has no use at this resolution; the bound keeps exp finite.
-    log_scale = ops.clip(log_scale, -20.0, 20.0)
-    inverse_scale = ops.exp(-log_scale)
-    centred = values - location
-    upper = inverse_scale * (centred + half_level)
-    lower = inverse_scale * (centred - half_level)
-    log_below_upper = -ops.softplus(-upper)  # log sigmoid(upper): the lowest level's
-    log_above_lower = -ops.softplus(lower)  # log (1 - sigmoid(lower)): the highest level's
-    log_width = ops.log(-ops.expm1(-2.0 * half_level * inverse_scale))
-    middle = log_below_upper + log_above_lower + log_width
-    return ops.where(
-        values < half_level,
-        log_below_upper,
-        ops.where(values > 1.0 - half_level, log_above_lower, middle),
-    )
-
-
 def reconstruction_nats(images, logits, likelihood="bernoulli"):
     """-log p(x|z) per image in nats, summed over pixels and channels, from the decoder's
     logits: Bernoulli cross-entropy, or the discretized logistic's -log P of the 8-bit values
@@ -282,12 +260,30 @@ class VAE(keras.Model):
     it, so training and validation share it on every backend. A conditional VAE (its
     decoder takes `[z, label]`) is called on `(images, one_hot_labels)`. `likelihood` names
     p(x|z) (LIKELIHOOD_PARAMETERS); files saved before there was a choice used "bernoulli".
+
+    The "autoregressive" likelihood has a `pixel_head` (pixel_head.py): it scores each pixel
+    given z and the pixels before it. The decoder's own image, a logistic per value given z
+    alone, is then trained beside it with weight DECODER_IMAGE_WEIGHT: it keeps z carrying
+    the picture (a head that sees the neighbours could otherwise code the images without
+    z), and it is what the saved decoder draws in one pass.
     """
 
-    def __init__(self, encoder, decoder, beta=1.0, seed=None, likelihood="bernoulli", **kwargs):
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        beta=1.0,
+        seed=None,
+        likelihood="bernoulli",
+        pixel_head=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
+        self.pixel_head = pixel_head
+        if (likelihood == "autoregressive") != (pixel_head is not None):
+            raise ValueError("the autoregressive likelihood, and it alone, needs a pixel head")
         self.beta = beta
         self.seed = seed
         self.likelihood = likelihood
@@ -298,10 +294,12 @@ class VAE(keras.Model):
                 f"channels; a {likelihood} likelihood of these images needs {expected}"
             )
         self.sampling = Sampling(seed=seed, name="sampling")
-        # The decoder up to its logits, sharing its layers (and so its weights).
-        self.decoder_logits = keras.Model(
-            decoder.input, decoder.get_layer("logits").output, name="decoder_logits"
-        )
+        # The decoder up to its logits (and, for the pixel head, its features), sharing its
+        # layers and so its weights.
+        outputs = decoder.get_layer("logits").output
+        if pixel_head is not None:
+            outputs = [outputs, decoder.get_layer("features").output]
+        self.decoder_logits = keras.Model(decoder.input, outputs, name="decoder_logits")
         # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
         # A model variable, so a resumed run's warm-up goes on where it stopped. Only the
         # first replica's update counts under tf.distribute (they are all the same).
@@ -328,25 +326,42 @@ class VAE(keras.Model):
         """Values per image (pixels x channels): what bits per dimension divide by."""
         return math.prod(self.encoder.inputs[0].shape[1:])
 
+    @property
+    def mixture_components(self):
+        """Logistics in each pixel's mixture (0 without a pixel head)."""
+        if self.pixel_head is None:
+            return 0
+        channels = self.encoder.inputs[0].shape[-1]
+        return self.pixel_head.output.shape[-1] // pixel_head.parameter_count(channels, 1)
+
     def call(self, inputs, training=False):
         z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
-        logits = self.decoder_logits([z, inputs[1]] if self.conditional else z, training=training)
-        logits = ops.cast(
-            logits, "float32"
-        )  # the image and the loss in float32, whatever the dtype policy
-        return {
-            "reconstruction": decoded_image(logits, self.likelihood),
-            "logits": logits,
-            "z_mean": z_mean,
-            "z_log_var": z_log_var,
-        }
+        images = inputs[0] if self.conditional else inputs
+        outputs = self.decode_for_loss([z, inputs[1]] if self.conditional else z, images, training)
+        return {**outputs, "z_mean": z_mean, "z_log_var": z_log_var}
+
+    def decode_for_loss(self, decoder_inputs, images, training=False):
+        """What the loss reads of `decoder_inputs` (z, or [z, label]): the decoder's float32
+        logits, its image and, with a pixel head, each pixel's mixture given `images`."""
+        outputs = self.decoder_logits(decoder_inputs, training=training)
+        logits = outputs[0] if self.pixel_head is not None else outputs
+        # The image and the loss in float32, whatever the dtype policy.
+        logits = ops.cast(logits, "float32")
+        decoded = {"reconstruction": decoded_image(logits, self.likelihood), "logits": logits}
+        if self.pixel_head is not None:
+            decoded["pixels"] = self.pixel_head([outputs[1], images], training=training)
+        return decoded
+
+    def reconstruction_nats(self, images, decoded):
+        """-log p(x|z) in nats per image, from `decode_for_loss`'s outputs."""
+        if self.pixel_head is not None:
+            return pixel_head.mixture_nats(images, decoded["pixels"], self.mixture_components)
+        return reconstruction_nats(images, decoded["logits"], self.likelihood)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images = ops.cast(x[0] if self.conditional else x, "float32")
-        reconstruction_loss = ops.mean(
-            reconstruction_nats(images, y_pred["logits"], self.likelihood)
-        )
+        reconstruction_loss = ops.mean(self.reconstruction_nats(images, y_pred))
         kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
         # Weighted by batch size so each epoch's figure is the exact mean per image.
         batch_size = ops.shape(images)[0]
@@ -356,6 +371,9 @@ class VAE(keras.Model):
             ops.copy(self.kl_weight) if training else 1.0
         )  # this step's, a copy: it changes below
         loss = reconstruction_loss + kl_weight * kl_loss
+        if training and self.pixel_head is not None:
+            decoder_image_nats = reconstruction_nats(images, y_pred["logits"], self.likelihood)
+            loss = loss + DECODER_IMAGE_WEIGHT * ops.mean(decoder_image_nats)
         if training and self.kl_warmup_steps:
             # Inside the step, so the weight rises smoothly on every backend (a callback
             # setting it each batch would force JAX to copy the whole state every step).
@@ -371,7 +389,7 @@ class VAE(keras.Model):
         spread over far more than the levels' range, and the first hundreds of steps would
         go into narrowing it rather than into the images. A Bernoulli model is left as built.
         """
-        if self.likelihood != "discretized_logistic":
+        if self.likelihood == "bernoulli":
             return
         sample = np.asarray(images[:10000], np.float64)  # plenty for two numbers per channel
         mean, spread = sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2))
@@ -397,13 +415,30 @@ class VAE(keras.Model):
             "beta": self.beta,
             "seed": self.seed,
             "likelihood": self.likelihood,
+            "pixel_head": (
+                None
+                if self.pixel_head is None
+                else keras.saving.serialize_keras_object(self.pixel_head)
+            ),
         }
 
     @classmethod
     def from_config(cls, config):
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        for part in ("encoder", "decoder", "pixel_head"):
+            if config.get(part) is not None:
+                config[part] = keras.saving.deserialize_keras_object(config[part])
         return cls(**config)
+
+    def draw(self, decoder_inputs, seed=0):
+        """Images for `decoder_inputs` (z, or [z, one-hot label]; numpy): the decoder's image
+        or, with a pixel head, a draw of every pixel in turn (pixel_head.sample_images)."""
+        if self.pixel_head is None:
+            return np.asarray(self.decoder.predict(decoder_inputs, verbose=0))
+        features = self.decoder_logits.predict(decoder_inputs, verbose=0)[1]
+        channels = self.encoder.inputs[0].shape[-1]
+        return pixel_head.sample_images(
+            self.pixel_head, features, channels, self.mixture_components, seed
+        )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -447,7 +482,17 @@ def build_vae(*, beta, seed, likelihood, dtype_policy=None, **architecture):
     `likelihood`, every weight created at once, so that it can be saved and restored."""
     encoder = build_encoder(**architecture, dtype_policy=dtype_policy)
     decoder = build_decoder(**architecture, likelihood=likelihood, dtype_policy=dtype_policy)
-    vae = VAE(encoder, decoder, beta=beta, seed=seed, likelihood=likelihood, name="vae")
+    head = None
+    if likelihood == "autoregressive":
+        head = pixel_head.build_pixel_head(
+            channels=architecture["channels"],
+            features=architecture["filters"],
+            dtype_policy=dtype_policy,
+            **PIXEL_HEAD,
+        )
+    vae = VAE(
+        encoder, decoder, beta=beta, seed=seed, likelihood=likelihood, pixel_head=head, name="vae"
+    )
     size, num_classes = architecture["image_size"], architecture.get("num_classes", 0)
     images = keras.ops.zeros((1, size, size, architecture["channels"]))
     vae((images, keras.ops.zeros((1, num_classes))) if num_classes else images)

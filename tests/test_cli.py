@@ -18,11 +18,13 @@ def test_help_documents_every_setting_with_its_default():
     assert result.returncode == 0
     for config_field in dataclasses.fields(main.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
-    assert f"(default: {main.Config().epochs})" in result.stdout
+    assert f"(default: {main.Config().seed})" in result.stdout
     # Defaults that depend on the images say so; no flag shows "None".
     help_text = " ".join(result.stdout.split())
     assert "default 2 for grey images" in help_text and "128 for colour ones" in help_text
-    assert "auto: bernoulli for grey images, discretized_logistic for colour ones" in help_text
+    assert "auto: bernoulli for grey images, autoregressive for colour ones" in help_text
+    assert "default 256 for grey images" in help_text and "64 for colour ones" in help_text
+    assert "enough for 3,000 steps and at least 14 epochs for grey images" in help_text
     assert "(default: None)" not in help_text
 
 
@@ -92,13 +94,46 @@ def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
     assert (settled.colour, settled.latent_dim, settled.likelihood) == (
         "rgb",
         128,
-        "discretized_logistic",
+        "autoregressive",
     )
     # What the user says wins; a folder's colour is the images'.
     settled = main.settled(main.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli"))
     assert (settled.latent_dim, settled.likelihood) == (16, "bernoulli")
     assert main.settled(main.Config(dataset="folder"), "rgb").latent_dim == 128
     assert main.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
+
+
+@pytest.mark.parametrize(
+    "dataset, colour, train_count, expected",
+    [
+        # MNIST keeps its 14 epochs of 235 steps of 256 (3,290 steps, over 3,000).
+        ("mnist", None, 60000, (256, 14, 1)),
+        # 3,029 colour images in batches of 64: 48 steps an epoch, 42 epochs for 2,000 steps.
+        ("folder", "rgb", 3029, (64, 42, 2)),
+        # 50,000 (CIFAR-10): 782 steps an epoch, 3 epochs; pictures every epoch.
+        ("cifar10", None, 50000, (64, 3, 1)),
+        # 1,000 grey images: 4 steps an epoch, 750 epochs for 3,000 steps; pictures every 38.
+        ("folder", "grey", 1000, (256, 750, 38)),
+    ],
+)
+def test_a_data_set_of_any_size_gets_enough_steps(dataset, colour, train_count, expected):
+    config = main.settled(main.Config(dataset=dataset), colour, train_count)
+    assert (config.batch_size, config.epochs, config.image_every) == expected
+    line = main.chosen_schedule(main.Config(dataset=dataset), config, train_count)
+    assert f"{expected[1]} epochs of {train_count:,} images in batches of {expected[0]}" in line
+    assert main.few_steps_advice(config, train_count) is None
+
+
+def test_the_command_line_wins_over_the_chosen_schedule():
+    given = main.Config(dataset="folder", epochs=2, batch_size=16, image_every=0)
+    config = main.settled(given, "rgb", 3029)
+    assert (config.batch_size, config.epochs, config.image_every) == (16, 2, 0)
+    assert main.chosen_schedule(given, config, 3029) is None
+    # One of the two given: the other is chosen, and the line says so.
+    given = main.Config(dataset="folder", batch_size=128)
+    config = main.settled(given, "rgb", 3029)
+    assert (config.batch_size, config.epochs) == (128, 84)  # 24 steps an epoch
+    assert "84 epochs" in main.chosen_schedule(given, config, 3029)
 
 
 def test_bad_data_dir_gives_one_line_error(tmp_path):
