@@ -161,9 +161,12 @@ COLOUR_DEFAULTS = {
         "batch_size": 64,
         "learning_rate": 2e-3,
         "epochs": 1,
-        "steps": 2000,
+        "steps": 1300,
     },
 }
+# An automatic batch size is halved, down to MIN_BATCH_SIZE images, until an epoch makes at
+# least MIN_EPOCH_STEPS steps: many epochs of a few large steps learn less for their time.
+MIN_EPOCH_STEPS, MIN_BATCH_SIZE = 16, 16
 # TensorBoard's pictures about this many times in a run, when --image-every is left unset.
 IMAGE_LOGS = 20
 
@@ -267,7 +270,8 @@ class Config:
         None,
         "images per gradient step; default "
         f"{COLOUR_DEFAULTS['grey']['batch_size']} for grey images (large batches keep a CPU's "
-        f"vector units busy), {COLOUR_DEFAULTS['rgb']['batch_size']} for colour ones",
+        f"vector units busy), {COLOUR_DEFAULTS['rgb']['batch_size']} for colour ones, halved "
+        f"for a data set of fewer than {MIN_EPOCH_STEPS} batches",
         positive_int,
     )
     learning_rate: float = setting(
@@ -398,11 +402,16 @@ def settled(config, colour=None, train_count=None):
         config,
         latent_dim=config.latent_dim or defaults["latent_dim"],
         likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
-        batch_size=config.batch_size or defaults["batch_size"],
         learning_rate=config.learning_rate or defaults["learning_rate"],
     )
     if train_count is None:
-        return config
+        return dataclasses.replace(config, batch_size=config.batch_size or defaults["batch_size"])
+    batch_size = config.batch_size or defaults["batch_size"]
+    if not config.batch_size:
+        # A small data set takes smaller batches: an epoch of at least MIN_EPOCH_STEPS steps.
+        while batch_size > MIN_BATCH_SIZE and train_count < MIN_EPOCH_STEPS * batch_size:
+            batch_size //= 2
+    config = dataclasses.replace(config, batch_size=batch_size)
     steps_per_epoch = math.ceil(train_count / config.batch_size)
     epochs = config.epochs or max(
         defaults["epochs"], math.ceil(defaults["steps"] / steps_per_epoch)
@@ -499,7 +508,7 @@ def resolve_dtype_policy(config, num_classes=data.NUM_CLASSES):
     if config.dtype_policy != "auto":
         return config
     policy = fastest_dtype_policy(
-        config.batch_size, settled(config).likelihood, **architecture(config, num_classes)
+        settled(config).batch_size, settled(config).likelihood, **architecture(config, num_classes)
     )
     return dataclasses.replace(config, dtype_policy=policy)
 
@@ -519,6 +528,7 @@ def make_model(config, train_size, num_classes=data.NUM_CLASSES):
     """The VAE, compiled with Adam. Two warm-ups, each over its own number of epochs: the
     step size rises from a tenth of --learning-rate before the cosine (if asked), and the KL
     weight rises from 0 to --beta."""
+    config = settled(config, train_count=train_size)
     vae = build_model(config, num_classes)
     steps_per_epoch = math.ceil(train_size / config.batch_size)
     vae.start_kl_warmup(config.kl_warmup_epochs * steps_per_epoch)

@@ -34,7 +34,7 @@ LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregress
 BFLOAT16_SPEED_MARGIN = 0.9
 # The autoregressive likelihood's pixel head: its width, depth and logistics per pixel, and
 # the weight of the decoder's own image in its training loss (VAE).
-PIXEL_HEAD = {"width": 64, "depth": 2, "components": 5}
+PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 DECODER_IMAGE_WEIGHT = 0.1
 
 
@@ -397,6 +397,10 @@ class VAE(keras.Model):
         log_scale = np.log(np.maximum(spread, 0.5 / (LEVELS - 1)) * math.sqrt(3) / math.pi)
         bias = self.decoder.get_layer("logits").bias
         bias.assign(np.concatenate([mean, log_scale]).astype(bias.dtype))
+        if self.pixel_head is not None:
+            pixel_head.start_from_data(
+                self.pixel_head, images, sample.shape[-1], self.mixture_components
+            )
 
     def start_kl_warmup(self, steps):
         """Train the first `steps` steps with a KL weight rising linearly from 0 to beta.

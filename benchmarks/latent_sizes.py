@@ -123,9 +123,10 @@ def train_worker(name, args):
             f"{epochs} epochs"
         )
     else:
-        config = dataclasses.replace(config, epochs=args.epochs or config.epochs)
+        config = dataclasses.replace(config, epochs=args.epochs)
         images = main.load_images(config)
         train_images, test_images = images.train_images, images.test_images
+        config = main.settled(config, images.colour, len(train_images))
         epochs, batch_size = config.epochs, config.batch_size
         model = main.make_model(config, len(train_images))
         description = (
@@ -171,6 +172,7 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
     config = main.Config(latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit)
     keras.utils.set_random_seed(config.seed)
     train_images = main.load_images(config).train_images[:images_per_round]
+    config = main.settled(config, train_count=len(train_images))
     conv = main.make_model(config, len(train_images))
     mlp = build_mlp_vae(seed=config.seed)
     mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))

@@ -222,7 +222,7 @@ def run_training_worker(name, args):
     }
     config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
     images = main.load_images(config)
-    config = main.settled(config, images.colour)
+    config = main.settled(config, images.colour, len(images.train_images))
     if name == "default":
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
     # Counted before seeding: building a model draws initializer seeds, and the default

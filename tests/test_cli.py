@@ -108,12 +108,15 @@ def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
     [
         # MNIST keeps its 14 epochs of 235 steps of 256 (3,290 steps, over 3,000).
         ("mnist", None, 60000, (256, 14, 1)),
-        # 3,029 colour images in batches of 64: 48 steps an epoch, 42 epochs for 2,000 steps.
-        ("folder", "rgb", 3029, (64, 42, 2)),
-        # 50,000 (CIFAR-10): 782 steps an epoch, 3 epochs; pictures every epoch.
-        ("cifar10", None, 50000, (64, 3, 1)),
-        # 1,000 grey images: 4 steps an epoch, 750 epochs for 3,000 steps; pictures every 38.
-        ("folder", "grey", 1000, (256, 750, 38)),
+        # 3,029 colour images in batches of 64: 48 steps an epoch, 28 epochs for 1,300 steps.
+        ("folder", "rgb", 3029, (64, 28, 1)),
+        # 50,000 (CIFAR-10): 782 steps an epoch, 2 epochs; pictures every epoch.
+        ("cifar10", None, 50000, (64, 2, 1)),
+        # 1,000 grey images: batches of 32 for 16 steps an epoch or more (32 steps), 94 epochs
+        # for 3,000 steps; pictures every 5 epochs.
+        ("folder", "grey", 1000, (32, 94, 5)),
+        # 100: the smallest batches, 16 (7 steps an epoch), 186 epochs; pictures every 9.
+        ("folder", "rgb", 100, (16, 186, 9)),
     ],
 )
 def test_a_data_set_of_any_size_gets_enough_steps(dataset, colour, train_count, expected):
@@ -132,8 +135,8 @@ def test_the_command_line_wins_over_the_chosen_schedule():
     # One of the two given: the other is chosen, and the line says so.
     given = main.Config(dataset="folder", batch_size=128)
     config = main.settled(given, "rgb", 3029)
-    assert (config.batch_size, config.epochs) == (128, 84)  # 24 steps an epoch
-    assert "84 epochs" in main.chosen_schedule(given, config, 3029)
+    assert (config.batch_size, config.epochs) == (128, 55)  # 24 steps an epoch
+    assert "55 epochs" in main.chosen_schedule(given, config, 3029)
 
 
 def test_bad_data_dir_gives_one_line_error(tmp_path):

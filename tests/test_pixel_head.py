@@ -72,9 +72,11 @@ def test_one_component_without_coupling_is_the_plain_discretized_logistic():
     images = np.round(rng.uniform(size=(2, 4, 4, 3)) * 255) / 255
     location = rng.uniform(size=(2, 4, 4, 3))
     log_scale = rng.uniform(-4, -1, size=(2, 4, 4, 3))
-    # One component: weight logit, 3 locations, 3 log-scales, 3 coefficients of 0.
+    # One component: weight logit, 3 locations (offsets from the left neighbour, 0 in the
+    # first column), 3 log-scales, 3 coefficients of 0.
+    left = np.concatenate([np.zeros((2, 4, 1, 3)), images[:, :, :-1]], axis=2)
     parameters = np.concatenate(
-        [np.zeros((2, 4, 4, 1)), location, log_scale, np.zeros((2, 4, 4, 3))], axis=-1
+        [np.zeros((2, 4, 4, 1)), location - left, log_scale, np.zeros((2, 4, 4, 3))], axis=-1
     )
     mixture = pixel_head.mixture_nats(images, parameters.astype(np.float32), 1)
     plain = vae_module.reconstruction_nats(
@@ -88,7 +90,11 @@ def test_drawn_values_follow_the_mixture():
     # Two grey components: one at level 50 (weight e / (1 + e)), a wide one at level 200.
     parameters = np.array([1.0, 0.0, 50 / 255, np.log(2 / 255), 200 / 255, np.log(8 / 255)])
     draws = pixel_head.sample_pixel(
-        np.tile(parameters, (40000, 1)), 1, components, np.random.default_rng(3)
+        np.tile(parameters, (40000, 1)),
+        np.zeros((40000, 1)),
+        1,
+        components,
+        np.random.default_rng(3),
     )
     counts = np.bincount(np.round(draws[:, 0] * 255).astype(int), minlength=256)
     levels = (np.arange(256) / 255.0).reshape(-1, 1, 1, 1).astype(np.float32)
@@ -160,3 +166,25 @@ def test_coders_count_the_pixel_data_alone():
             Image.fromarray(image).save(stream, kind.upper(), **options)
             payload += _chunk_payload_bytes(stream.getvalue(), kind)
         assert figures[f"{kind}_bits_per_dim"] == pytest.approx(8 * payload / images.size)
+
+
+def test_a_head_started_from_data_predicts_each_pixel_as_its_left_neighbour():
+    head = small_head(channels=3, depth=1, components=2)
+    rng = np.random.default_rng(6)
+    images = (rng.integers(0, 256, size=(2, 6, 6, 3)) / 255.0).astype(np.float32)
+    pixel_head.start_from_data(head, images, 3, 2)
+    kernel = head.get_layer("parameters").kernel
+    kernel.assign(np.zeros(kernel.shape))  # the parameters are then the biases alone
+    parameters = np.asarray(head([np.zeros((2, 6, 6, 4), np.float32), images]))
+    # Both components alike: a logistic at the left neighbour (0 in the first column), with
+    # the scale of the steps between neighbours.
+    steps = images[:, :, 1:] - images[:, :, :-1]
+    log_scale = np.log(steps.std(axis=(0, 1, 2)) * np.sqrt(3) / np.pi)
+    left = np.concatenate([np.zeros((2, 6, 1, 3)), images[:, :, :-1]], axis=2)
+    expected = -np.asarray(
+        pixel_head.discretized_logistic_log_probability(
+            images, left, np.broadcast_to(log_scale, images.shape).astype(np.float32)
+        )
+    ).sum(axis=(1, 2, 3))
+    nats = np.asarray(pixel_head.mixture_nats(images, parameters, 2))
+    np.testing.assert_allclose(nats, expected, rtol=1e-4)
