@@ -271,7 +271,10 @@ class _ByteType:
 
     def __init__(self, name, align=0, copy=1):
         if name not in (b"u1", "u1"):
-            raise _Refused(f"an array of dtype {name!r}")
+            # Named only when it is a short string: repr of a hostile argument (nested lists
+            # that share references) could take hours and all memory.
+            shown = repr(name) if isinstance(name, (bytes, str)) and len(name) <= 16 else "?"
+            raise _Refused(f"an array of dtype {shown}")
         self.checked = True
 
     def __setstate__(self, state):
@@ -296,7 +299,7 @@ class _ArrayStandIn:
             and isinstance(raw, bytes)
             and np.prod(shape, dtype=object) == len(raw)
         ):
-            raise _Refused(f"an array whose shape {shape} does not fit its bytes")
+            raise _Refused("an array whose shape does not fit its bytes")
         self.array = np.frombuffer(raw, np.uint8).reshape(shape)
 
 
@@ -304,6 +307,20 @@ def _reconstruct(array_type, shape, typecode):
     if array_type is not _ArrayType:
         raise _Refused("an array of another type than numpy.ndarray")
     return _ArrayStandIn()
+
+
+# The only names CIFAR-10's pickles hold, each with what stands for it here.
+_STAND_INS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _ArrayType,
+    ("numpy", "dtype"): _ByteType,
+}
+
+
+def _stand_in(module, name):
+    if (module, name) not in _STAND_INS:
+        raise _Refused(f"{module}.{name}"[:100])
+    return _STAND_INS[(module, name)]
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -315,22 +332,97 @@ class CifarUnpickler(pickle.Unpickler):
     before anything runs. Python 2's strings are read as bytes, as Keras reads them.
     """
 
-    stand_ins = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): _ArrayType,
-        ("numpy", "dtype"): _ByteType,
-    }
-
     def __init__(self, file):
         super().__init__(file, encoding="bytes")
 
     def find_class(self, module, name):
-        if (module, name) not in self.stand_ins:
-            raise _Refused(f"{module}.{name}")
-        return self.stand_ins[(module, name)]
+        return _stand_in(module, name)
 
     def persistent_load(self, persistent_id):
         raise _Refused("a persistent object")
+
+
+# A batch builds about 40,000 objects (10,000 labels, 10,000 file names and their memo
+# entries); far more is not CIFAR-10, and would cost memory and time before any check.
+CIFAR10_MAX_OBJECTS = 1_000_000
+# The opcodes Python 2's cPickle wrote CIFAR-10's files with; any other is refused.
+_SCALAR_OPCODES = {
+    "BININT", "BININT1", "BININT2", "SHORT_BINSTRING", "BINSTRING", "NONE", "NEWTRUE",
+    "NEWFALSE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "GLOBAL",
+}  # fmt: skip
+_TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def _add_items(stack, items, pairs):
+    """APPEND(S) or SETITEM(S): `items` (keys and values in turn if `pairs`) go into the
+    container below them. A key must be a single value: hashing a tuple visits all it holds."""
+    if pairs and any(key != 1 for key in items[::2]):
+        raise _Refused("a dict key that is a container")
+    stack[-1] += sum(items)
+
+
+def _pop(stack, count):
+    """The top `count` values, as the unpickler pops them: never past a MARK."""
+    items = stack[len(stack) - count :] if count else []
+    if len(items) < count or None in items:
+        raise ValueError("an opcode takes more values than the stack holds")
+    del stack[len(stack) - count :]
+    return items
+
+
+def _pop_to_mark(stack):
+    mark = len(stack) - 1 - stack[::-1].index(None)
+    items = stack[mark + 1 :]
+    del stack[mark:]
+    return items
+
+
+def _check_opcodes(payload):
+    """Walk the pickle's opcodes before anything is built, with the number of objects each
+    value holds (counting every shared reference again) in place of the value.
+
+    The unpickler trusts a pickle's numbers: a memo index of 2**27 makes it set aside 2 GB,
+    and a dict key made of tuples that each repeat a reference to the one before a hundred
+    times costs 100**depth steps to hash. Here memo indices must count up as the file
+    stores objects, no value may hold more than CIFAR10_MAX_OBJECTS, dict keys must be
+    single values, and names are checked as the unpickler would (so none of them runs).
+    Returns where the pickle ends."""
+    stack, memo, stop = [], {}, -1
+    for count, (opcode, argument, position) in enumerate(pickletools.genops(payload)):
+        name, stop = opcode.name, position
+        if count > CIFAR10_MAX_OBJECTS:
+            raise _Refused(f"more than {CIFAR10_MAX_OBJECTS:,} objects")
+        if name == "GLOBAL":
+            _stand_in(*argument.split(" ", 1))
+        if name in _SCALAR_OPCODES:
+            stack.append(1)
+        elif name == "MARK":
+            stack.append(None)
+        elif name in ("BINPUT", "LONG_BINPUT"):
+            if argument > len(memo) + 1:
+                raise _Refused(f"memo slot {argument:,} with {len(memo):,} objects stored")
+            memo[argument] = _pop(stack, 1)[0]
+            stack.append(memo[argument])
+        elif name in ("BINGET", "LONG_BINGET"):
+            stack.append(memo[argument])
+        elif name in _TUPLE_SIZES or name == "TUPLE":
+            size = _TUPLE_SIZES.get(name)
+            items = _pop_to_mark(stack) if size is None else _pop(stack, size)
+            stack.append(1 + sum(items))
+        elif name in ("APPEND", "SETITEM"):
+            _add_items(stack, _pop(stack, 1 if name == "APPEND" else 2), name == "SETITEM")
+        elif name in ("APPENDS", "SETITEMS"):
+            _add_items(stack, _pop_to_mark(stack), name == "SETITEMS")
+        elif name == "REDUCE":  # the callable and its arguments become one new object
+            _pop(stack, 2)
+            stack.append(1)
+        elif name == "BUILD":  # the state goes into the object below it
+            _pop(stack, 1)
+        elif name not in ("PROTO", "STOP"):
+            raise _Refused(f"the pickle opcode {name}")
+        if stack and (stack[-1] or 0) > CIFAR10_MAX_OBJECTS:
+            raise _Refused(f"a value of more than {CIFAR10_MAX_OBJECTS:,} objects")
+    return stop
 
 
 def read_cifar10_pickle(payload, path):
@@ -339,7 +431,7 @@ def read_cifar10_pickle(payload, path):
     try:
         # The opcodes alone first: pickletools checks each declared length against the bytes
         # the file holds, where the unpickler would first set aside as many as a length claims.
-        stop = max((position for _, _, position in pickletools.genops(payload)), default=-1)
+        stop = _check_opcodes(payload)
         if stop + 1 != len(payload):
             raise ValueError(f"{len(payload) - stop - 1:,} bytes after the pickle's end")
         loaded = CifarUnpickler(io.BytesIO(payload)).load()

@@ -254,6 +254,88 @@ def test_damaged_batches_give_data_error_or_a_checked_batch(cut, flips):
             assert value.dtype == np.uint8
 
 
+def shared_reference_tower(levels, width=100):
+    """Opcodes that build, level by level, a container holding `width` references to the
+    one below: a few hundred bytes a level, width**levels objects once expanded."""
+    out = b"K\x00q\x01"  # level 0: an int in memo slot 1
+    for level in range(1, levels + 1):
+        out += b"(" + (b"h" + bytes([level])) * width + b"tq" + bytes([level + 1])
+    return out
+
+
+def refused_quickly(payload, message):
+    """Refused with `message`, within a second and 10 MB."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DataError, match=message) as refused:
+            data.read_cifar10_pickle(payload, "hostile")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1 and peak < 10 * 2**20
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_a_memo_index_far_ahead_is_refused_before_anything_is_set_aside():
+    # 11 bytes: an empty list stored in memo slot 2**27 (the unpickler would set aside 2 GB).
+    payload = b"\x80\x02]r" + struct.pack("<I", 2**27) + b"0."
+    refused_quickly(payload, r"refused: the file asks for memo slot 134,217,728 with 0 objects")
+
+
+def test_shared_references_cannot_multiply_the_work():
+    # A dict key of tuples that each hold 100 references to the one below: 100**7 to hash.
+    key = shared_reference_tower(7)
+    refused_quickly(b"\x80\x02}q\x00" + key + b"K\x00s.", r"a value of more than 1,000,000")
+    # One level is small, but a tuple as a key is still refused: no batch has one.
+    key = shared_reference_tower(1)
+    refused_quickly(b"\x80\x02}q\x00" + key + b"K\x00s.", r"a dict key that is a container")
+    # numpy.dtype(<nested tuples>): refused without writing the argument out (repr would
+    # expand every reference).
+    dtype_call = shared_reference_tower(2) + b"cnumpy\ndtype\nh\x03\x85R."
+    refused_quickly(b"\x80\x02" + dtype_call, r"asks for an array of dtype \?,")
+
+
+# Pieces of protocol-2 pickles, the dangerous ones among them: memo slots near and far,
+# references to them, containers, names, calls, and bytes that are no opcode at all.
+OPCODE_PIECES = st.one_of(
+    st.sampled_from(
+        [b"K\x07", b"U\x02u1", b"T\x03\x00\x00\x00abc", b"N", b"\x89", b"]", b"}", b")", b"("]
+        + [b"\x85", b"\x86", b"\x87", b"t", b"a", b"e", b"s", b"u", b"R", b"b", b"0"]
+        + [b"cnumpy\ndtype\n", b"cnumpy\nndarray\n", b"cnumpy.core.multiarray\n_reconstruct\n"]
+        + [b"cbuiltins\neval\n", b"h\x01h\x01\x86q\x01", b"(h\x01h\x01h\x01tq\x01"]
+    ),
+    st.integers(0, 3).map(lambda slot: b"q" + bytes([slot])),
+    st.integers(0, 3).map(lambda slot: b"h" + bytes([slot])),
+    st.sampled_from([2**16, 2**27, 2**31]).map(lambda slot: b"r" + struct.pack("<I", slot)),
+    st.binary(min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(pieces=st.lists(OPCODE_PIECES, max_size=80))
+def test_random_opcode_streams_end_quickly_in_little_memory(pieces):
+    """Whatever the opcodes, the reader ends within the deadline, in under 10 MB, with a
+    checked batch or one line."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        entries = data.read_cifar10_pickle(b"\x80\x02" + b"".join(pieces) + b".", "fuzzed")
+    except DataError as error:
+        assert "\n" not in str(error) and len(str(error)) < 300
+        entries = {}
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+    for value in entries.values():
+        assert isinstance(value, (bytes, int, list, np.ndarray))
+
+
 def test_no_download_names_the_offline_files(monkeypatch):
     import keras
 
