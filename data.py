@@ -16,6 +16,7 @@ import collections
 import contextlib
 import gzip
 import io
+import lzma
 import os
 import pickle
 import pickletools
@@ -24,6 +25,7 @@ import struct
 import tarfile
 import tempfile
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -78,10 +80,31 @@ LABELS_MAGIC = 2049  # unsigned bytes, one dimension (count)
 ORIGINAL_SIZE = 28  # MNIST and Fashion-MNIST images are 28x28
 NUM_CLASSES = 10
 READ_CHUNK_BYTES = 1 << 20  # read in pieces so a lying header cannot make us allocate
+# MNIST has 60,000 training images and EMNIST's splits up to 240,000 (its two largest aside):
+# more is not read, so that a small gzip bomb that declares 2**31 images is refused at once
+# rather than after 0.5 GB, and the float32 images of an honest file take at most 1 GB.
+MAX_IDX_IMAGES = 250_000
 
 
 class DataError(ValueError):
     """A data file is missing or is not what it claims to be."""
+
+
+def _open_regular_file(path):
+    """`path` opened to read bytes, if it is a regular file: reading a pipe or a device
+    (/dev/zero) would wait for ever or never end, and neither Ctrl-C nor SIGTERM stops it."""
+    try:  # without blocking: opening a pipe would wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    file = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        file.close()
+        raise DataError(
+            f"{path}: not a regular file (a folder, a pipe or a device); give --data-dir the "
+            "data set's own files"
+        )
+    return file
 
 
 def _read_exactly(stream, size, path):
@@ -104,7 +127,7 @@ def read_idx(path, expected_magic):
     path = os.fspath(path)
     kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
     try:
-        with open(path, "rb") as raw:
+        with _open_regular_file(path) as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -124,8 +147,11 @@ def read_idx(path, expected_magic):
                     f"{path}: images are {shape[1]}x{shape[2]}, "
                     f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
                 )
-            if shape[0] <= 0:
-                raise DataError(f"{path}: header declares {shape[0]} {kind}")
+            if not 0 < shape[0] <= MAX_IDX_IMAGES:
+                raise DataError(
+                    f"{path}: header declares {shape[0]:,} {kind}; this program reads 1 to "
+                    f"{MAX_IDX_IMAGES:,}"
+                )
             data = _read_exactly(stream, int(np.prod(shape, dtype=np.int64)), path)
             if stream.read(1):
                 raise DataError(
@@ -187,20 +213,73 @@ def _empty(*shape):
     return np.zeros((0, *shape), np.uint8), np.zeros(0, np.uint8)
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _load_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            splits = ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
-    except (OSError, ValueError, KeyError, zlib.error) as error:
-        raise DataError(f"{path}: not a readable Keras MNIST .npz ({error})") from None
-    for images, labels in splits:
-        if images.dtype != np.uint8 or images.shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+    """Keras' mnist.npz: each array's header is checked before its data is read, so a
+    declared shape (or a zip bomb) cannot make numpy allocate more than MNIST-style data."""
+    with _open_regular_file(path) as file:
+        try:
+            _check_npz_headers(path, _npz_headers(file))
+            file.seek(0)
+            with np.load(file, allow_pickle=False) as arrays:
+                loaded = {name: arrays[name] for name in NPZ_ARRAYS}
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as error:
             raise DataError(
-                f"{path}: images must be uint8 of shape (N, 28, 28), "
-                f"got {images.dtype} {images.shape}"
+                f"{path}: not a readable Keras MNIST .npz ({_first_line(error)})"
+            ) from None
+    for split in ("train", "test"):
+        labels = loaded[f"y_{split}"]
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise DataError(
+                f"{path}: y_{split} must hold one label from 0 to {NUM_CLASSES - 1} for each "
+                f"of the {len(labels):,} images"
             )
-        _check_pair(images, labels, path, path)
-    return splits
+    return tuple(
+        (loaded[f"x_{split}"], loaded[f"y_{split}"].astype(np.uint8)) for split in ("train", "test")
+    )
+
+
+def _check_npz_headers(path, headers):
+    """MNIST-style arrays: uint8 images (N, 28, 28), N up to MAX_IDX_IMAGES, and N integer
+    labels in a row."""
+    for split in ("train", "test"):
+        images_shape, images_dtype = headers[f"x_{split}"]
+        labels_shape, labels_dtype = headers[f"y_{split}"]
+        if images_dtype != np.uint8 or images_shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+            raise DataError(f"{path}: x_{split} must be uint8 images of shape (N, 28, 28)")
+        count = images_shape[0]
+        if not 0 < count <= MAX_IDX_IMAGES or labels_dtype.kind not in "iu":
+            raise DataError(
+                f"{path}: x_{split} must hold 1 to {MAX_IDX_IMAGES:,} images, and y_{split} "
+                "their integer labels"
+            )
+        if labels_shape != (count,):
+            raise DataError(
+                f"{path}: y_{split} must hold one label from 0 to {NUM_CLASSES - 1} for each "
+                f"of the {count:,} images"
+            )
+
+
+def _npz_headers(file):
+    """{name: (shape, dtype)} of the arrays NPZ_ARRAYS, from their headers alone."""
+    headers = {}
+    with zipfile.ZipFile(file) as archive:
+        for name in NPZ_ARRAYS:
+            with archive.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise ValueError(f"{name}: .npy format {version} is not read")
+                shape, _, dtype = read_header(member)
+            headers[name] = (tuple(shape), dtype)
+    return headers
 
 
 def load_from_keras(dataset):
@@ -260,6 +339,8 @@ CIFAR10_IMAGE_BYTES = 3 * CIFAR10_SIZE * CIFAR10_SIZE  # red, green and blue pla
 # A batch of 10,000 images holds 30.7 MB of pixels, about 31 MB with its labels and file
 # names. A larger file is not a CIFAR-10 batch, and is refused before it is read.
 CIFAR10_MAX_FILE_BYTES = 32 << 20
+CIFAR10_MAX_MEMBERS = 100
+CIFAR10_MAX_ARCHIVE_BYTES = 512 << 20
 
 
 class _Refused(Exception):
@@ -471,15 +552,14 @@ def _cifar10_file_reader(folder):
     def read(name):
         path = os.path.join(folder, name)
         try:
-            size = os.path.getsize(path)
-            if size > CIFAR10_MAX_FILE_BYTES:
-                raise DataError(
-                    f"{path}: {size:,} bytes, more than a CIFAR-10 batch holds; not a CIFAR-10 file"
-                )
-            with open(path, "rb") as file:
-                return path, file.read()
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
+            with _open_regular_file(path) as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > CIFAR10_MAX_FILE_BYTES:
+                    raise DataError(
+                        f"{path}: {size:,} bytes, more than a CIFAR-10 batch holds; not a "
+                        "CIFAR-10 file"
+                    )
+                return path, file.read(CIFAR10_MAX_FILE_BYTES)
         except OSError as error:
             raise DataError(f"{path}: cannot read file ({error.strerror})") from None
 
@@ -490,10 +570,19 @@ def _cifar10_archive_reader(path, names):
     """The files `names` in CIFAR-10's .tar.gz, read into memory (nothing is extracted to disk)
     and checked for size first; the format is whichever the archive holds."""
     wanted = {name for spec in CIFAR10_FORMATS.values() for name in names(spec)}
-    found = {}
+    found, declared = {}, 0
     try:
-        with tarfile.open(path) as archive:
-            for member in archive:
+        with _open_regular_file(path) as file, tarfile.open(fileobj=file) as archive:
+            for count, member in enumerate(archive):
+                # The official archives hold 9 members and 180 MB: a few more is fine, but
+                # thousands of headers or gigabytes to skip are not a CIFAR-10 archive.
+                declared += member.size
+                if count >= CIFAR10_MAX_MEMBERS or declared > CIFAR10_MAX_ARCHIVE_BYTES:
+                    raise DataError(
+                        f"{path}: more than {CIFAR10_MAX_MEMBERS} files or "
+                        f"{CIFAR10_MAX_ARCHIVE_BYTES >> 20} MB in the archive; not a CIFAR-10 "
+                        "archive"
+                    )
                 name = os.path.basename(member.name)
                 if name not in wanted or not member.isfile():
                     continue
@@ -503,7 +592,7 @@ def _cifar10_archive_reader(path, names):
                         "CIFAR-10 batch holds; not a CIFAR-10 archive"
                     )
                 found[name] = (f"{path}:{member.name}", archive.extractfile(member).read())
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as error:
         raise DataError(
             f"{path}: not a readable CIFAR-10 archive ({_first_line(error)}); download it again"
         ) from None

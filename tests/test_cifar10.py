@@ -5,9 +5,12 @@ protocol-2 pickles, or the binary version's fixed records."""
 
 import dataclasses
 import glob
+import gzip
 import io
 import json
+import lzma
 import math
+import os
 import pickle
 import struct
 import subprocess
@@ -187,6 +190,46 @@ def test_an_archive_member_larger_than_a_batch_is_not_read(tmp_path):
         tar.addfile(member, io.BytesIO(bytes(member.size)))
     with pytest.raises(DataError, match=r"test_batch declares 33,554,433 bytes"):
         data.load_dataset("cifar10", str(archive))
+
+
+def test_a_pipe_or_a_device_named_as_a_batch_is_refused(tmp_path, batches):
+    files, _ = batches
+    folder = write_folder(tmp_path / "cifar-10-batches-py", files)
+    batch = folder / "data_batch_1"
+    for make in (os.mkfifo, lambda path: os.symlink("/dev/zero", path)):
+        batch.unlink()
+        make(batch)
+        with pytest.raises(DataError, match=f"^{batch}: not a regular file"):
+            data.load_dataset("cifar10", str(folder))
+
+
+def test_archives_that_are_not_cifar10_are_refused_quickly(tmp_path, batches):
+    files, _ = batches
+    # xz under the gzip archive's name, damaged in the middle.
+    plain = write_archive(tmp_path / "plain.tar.gz", files)
+    with gzip.open(plain) as tar:
+        compressed = lzma.compress(tar.read())
+    xz = tmp_path / "xz" / "cifar-10-python.tar.gz"
+    xz.parent.mkdir()
+    middle = len(compressed) // 2
+    xz.write_bytes(compressed[:middle] + bytes(100) + compressed[middle + 100 :])
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz: not a readable CIFAR-10"):
+        data.load_dataset("cifar10", str(xz))
+    # Thousands of empty members (a few bytes each once compressed), then a batch that
+    # declares 4 GiB: refused at the header past the limits, nothing skipped through.
+    many = tmp_path / "many" / "cifar-10-python.tar.gz"
+    many.parent.mkdir()
+    with tarfile.open(many, "w:gz") as tar:
+        for number in range(data.CIFAR10_MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"empty_{number}"))
+    huge = tmp_path / "huge" / "cifar-10-python.tar.gz"
+    huge.parent.mkdir()
+    member = tarfile.TarInfo("cifar-10-batches-py/readme.html")
+    member.size = 4 << 30
+    huge.write_bytes(gzip.compress(member.tobuf(tarfile.GNU_FORMAT) + bytes(100_000)))
+    for archive in (many, huge):
+        with pytest.raises(DataError, match=r"more than 100 files or 512 MB in the archive"):
+            data.load_dataset("cifar10", str(archive))
 
 
 def test_a_lying_string_length_does_not_allocate_it():
