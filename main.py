@@ -620,8 +620,8 @@ def train(config):
         with placement.scope():  # the model, its optimizer and metrics live on every replica
             vae = placement.prepare(make_model(config, train_count, images.num_classes))
             vae.start_from_data(train_images)  # a resumed run's backup replaces it
-        run_name, resumed = prepare_run(config, write=placement.is_chief)
-        progress = read_progress(config.output_dir) if resumed else {}
+        run_name, resumed = prepare_run(config, placement.is_chief, images.fingerprint())
+        progress = read_progress(config.output_dir, config.epochs) if resumed else {}
         log_dir = os.path.join(config.output_dir, "logs")
         print(
             f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()} in "
@@ -654,7 +654,7 @@ def train(config):
         save_models(vae, os.path.join(config.output_dir, "models"))
         trained = one_device_copy(vae, config, placement) if placement.mode != "none" else vae
         # The whole run's epochs and seconds, over every resume.
-        progress = read_progress(config.output_dir)
+        progress = read_progress(config.output_dir, config.epochs)
         training = {
             "training_seconds": round(progress.get("training_seconds", 0.0), 1),
             "epochs_trained": progress.get("epochs_trained", 0),
