@@ -311,7 +311,9 @@ def load_from_keras(dataset):
 
 
 def _first_line(error):
-    return (str(error) or type(error).__name__).splitlines()[0]
+    """The error's first line, cut to a length a message line can hold: some repeat what
+    the file holds."""
+    return (str(error) or type(error).__name__).splitlines()[0][:200]
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,7 +546,8 @@ def read_cifar10_pickle(payload, path):
             value = value.array
         elif not (allowed(value) or (isinstance(value, list) and all(map(allowed, value)))):
             raise DataError(
-                f"{path}: not a CIFAR-10 batch (its entry {key!r} holds a {type(value).__name__})"
+                f"{path}: not a CIFAR-10 batch (its entry {key[:40]!r} holds a "
+                f"{type(value).__name__})"
             )
         entries[key.decode("utf-8", "replace")] = value
     return entries
