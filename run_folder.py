@@ -5,7 +5,7 @@ Everything `main.py` writes under --output-dir passes through here:
 - `check_writable` refuses an unusable folder before training, not after the last epoch;
 - `output_lock` keeps a second run out of a folder that one is using;
 - `prepare_run` finds the unfinished run that backup/ holds (refusing one made with other
-  settings) or names a new one;
+  settings or on other data, or a record it cannot trust) or names a new one;
 - `save_model`, `save_models` and `write_atomically` write to a temporary name and rename,
   so a crash mid-save leaves the previous file whole, and `saving` turns a full disk into
   one sentence that names the folder and the space the file needs;
@@ -230,10 +230,14 @@ def read_progress(output_dir, epochs):
         "training_seconds": lambda value: is_number(value) and 0 <= value < math.inf,
         "best_val_loss": lambda value: is_number(value) and math.isfinite(value),
     }
-    if not isinstance(progress, dict) or not all(
-        check(progress[name]) for name, check in checks.items() if name in progress
-    ):
-        raise RunError(f"{path}: a record no run could leave; add --fresh to start over")
+    if not isinstance(progress, dict):
+        raise RunError(f"{path}: not a run's record; add --fresh to start over")
+    for name, check in checks.items():
+        if name in progress and not check(progress[name]):
+            raise RunError(
+                f"{path}: {name} {str(progress[name])[:40]} is not a value a run leaves; add "
+                "--fresh to start over"
+            )
     return progress
 
 

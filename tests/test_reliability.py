@@ -424,15 +424,17 @@ def test_a_tampered_progress_record_stops_the_resume(tmp_path):
     honest = {"epochs_trained": 3, "training_seconds": 40.5, "best_val_loss": 140.2}
     progress_file.write_text(json.dumps(honest))
     assert run_folder.read_progress(str(tmp_path), 14) == honest
-    for tampered in (
-        {**honest, "best_val_loss": float("-inf")},
-        {**honest, "epochs_trained": 999},
-        {**honest, "training_seconds": "long"},
-        [honest],
+    for name, value in (
+        ("best_val_loss", float("-inf")),
+        ("epochs_trained", 999),
+        ("training_seconds", "long"),
     ):
-        progress_file.write_text(json.dumps(tampered))
-        with pytest.raises(main.RunError, match=r"progress.json: a record no run could leave"):
+        progress_file.write_text(json.dumps({**honest, name: value}))
+        with pytest.raises(main.RunError, match=rf"progress.json: {name} {value} is not a value"):
             run_folder.read_progress(str(tmp_path), 14)
+    progress_file.write_text(json.dumps([honest]))
+    with pytest.raises(main.RunError, match=r"progress.json: not a run's record; add --fresh"):
+        run_folder.read_progress(str(tmp_path), 14)
     progress_file.write_text('{"epochs_trained": 3, "train')
     with pytest.raises(main.RunError, match=r"progress.json: unreadable"):
         run_folder.read_progress(str(tmp_path), 14)
