@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,8 +22,10 @@ import plotting
 from evaluation import bits_per_dimension
 from run_folder import (
     PROGRESS_FILE,
+    RunError,
     model_file_bytes,
     partial_model_path,
+    replace_durably,
     saving,
     write_atomically,
 )
@@ -58,7 +61,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         with saving(self.final_path, model_file_bytes(self.model, self.final_path), self.filepath):
             super().on_epoch_end(epoch, logs)
             if os.path.exists(self.filepath):
-                os.replace(self.filepath, self.final_path)
+                replace_durably(self.filepath, self.final_path)
 
 
 class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -77,6 +80,38 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
         self.write = write
         self.progress = dict(progress or {})
+
+    def on_train_begin(self, logs=None):
+        self.check_training_metadata()
+        super().on_train_begin(logs)
+
+    def check_training_metadata(self):
+        """Keras writes training_metadata.json in place and trusts what it reads: a kill
+        during the write leaves it cut short (a traceback on resume), and an epoch past the
+        run's end would train nothing and call the run finished. A damaged one falls back to
+        the previous epoch's copies (double_checkpoint) when they are whole; else the run
+        stops with one line."""
+        current, previous = self._training_metadata_path, self._prev_training_metadata_path
+        if not os.path.exists(current) or self.metadata_is_whole(current):
+            return
+        whole_copies = os.path.exists(self._prev_weights_path) and self.metadata_is_whole(previous)
+        if self.write and whole_copies:
+            shutil.copy(self._prev_weights_path, self._weights_path)
+            shutil.copy(previous, current)
+            print(f"{current} was damaged; resuming from the epoch before")
+            return
+        raise RunError(
+            f"{current}: damaged, or not written by a run of {self.params['epochs']} epochs; "
+            "add --fresh to start over"
+        )
+
+    def metadata_is_whole(self, path):
+        try:
+            with open(path) as file:
+                epoch = json.load(file)["epoch"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return False
+        return type(epoch) is int and 0 <= epoch <= self.params["epochs"]
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)

@@ -12,14 +12,22 @@ or, worse, a silently wrong array. `load_images` turns any of them into what the
 reads: float32 images in [0, 1] of shape (N, size, size, channels), with their labels.
 """
 
+import collections
 import contextlib
 import gzip
+import hashlib
 import io
+import json
+import lzma
 import os
 import pickle
 import pickletools
+import stat
 import struct
 import tarfile
+import tempfile
+import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -74,10 +82,31 @@ LABELS_MAGIC = 2049  # unsigned bytes, one dimension (count)
 ORIGINAL_SIZE = 28  # MNIST and Fashion-MNIST images are 28x28
 NUM_CLASSES = 10
 READ_CHUNK_BYTES = 1 << 20  # read in pieces so a lying header cannot make us allocate
+# MNIST has 60,000 training images and EMNIST's splits up to 240,000 (its two largest aside):
+# more is not read, so that a small gzip bomb that declares 2**31 images is refused at once
+# rather than after 0.5 GB, and the float32 images of an honest file take at most 1 GB.
+MAX_IDX_IMAGES = 250_000
 
 
 class DataError(ValueError):
     """A data file is missing or is not what it claims to be."""
+
+
+def _open_regular_file(path):
+    """`path` opened to read bytes, if it is a regular file: reading a pipe or a device
+    (/dev/zero) would wait for ever or never end, and neither Ctrl-C nor SIGTERM stops it."""
+    try:  # without blocking: opening a pipe would wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    file = os.fdopen(descriptor, "rb")
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        file.close()
+        raise DataError(
+            f"{path}: not a regular file (a folder, a pipe or a device); give --data-dir the "
+            "data set's own files"
+        )
+    return file
 
 
 def _read_exactly(stream, size, path):
@@ -100,7 +129,7 @@ def read_idx(path, expected_magic):
     path = os.fspath(path)
     kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
     try:
-        with open(path, "rb") as raw:
+        with _open_regular_file(path) as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -120,8 +149,11 @@ def read_idx(path, expected_magic):
                     f"{path}: images are {shape[1]}x{shape[2]}, "
                     f"expected {ORIGINAL_SIZE}x{ORIGINAL_SIZE}"
                 )
-            if shape[0] <= 0:
-                raise DataError(f"{path}: header declares {shape[0]} {kind}")
+            if not 0 < shape[0] <= MAX_IDX_IMAGES:
+                raise DataError(
+                    f"{path}: header declares {shape[0]:,} {kind}; this program reads 1 to "
+                    f"{MAX_IDX_IMAGES:,}"
+                )
             data = _read_exactly(stream, int(np.prod(shape, dtype=np.int64)), path)
             if stream.read(1):
                 raise DataError(
@@ -183,20 +215,73 @@ def _empty(*shape):
     return np.zeros((0, *shape), np.uint8), np.zeros(0, np.uint8)
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _load_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            splits = ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
-    except (OSError, ValueError, KeyError, zlib.error) as error:
-        raise DataError(f"{path}: not a readable Keras MNIST .npz ({error})") from None
-    for images, labels in splits:
-        if images.dtype != np.uint8 or images.shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+    """Keras' mnist.npz: each array's header is checked before its data is read, so a
+    declared shape (or a zip bomb) cannot make numpy allocate more than MNIST-style data."""
+    with _open_regular_file(path) as file:
+        try:
+            _check_npz_headers(path, _npz_headers(file))
+            file.seek(0)
+            with np.load(file, allow_pickle=False) as arrays:
+                loaded = {name: arrays[name] for name in NPZ_ARRAYS}
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as error:
             raise DataError(
-                f"{path}: images must be uint8 of shape (N, 28, 28), "
-                f"got {images.dtype} {images.shape}"
+                f"{path}: not a readable Keras MNIST .npz ({_first_line(error)})"
+            ) from None
+    for split in ("train", "test"):
+        labels = loaded[f"y_{split}"]
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise DataError(
+                f"{path}: y_{split} must hold one label from 0 to {NUM_CLASSES - 1} for each "
+                f"of the {len(labels):,} images"
             )
-        _check_pair(images, labels, path, path)
-    return splits
+    return tuple(
+        (loaded[f"x_{split}"], loaded[f"y_{split}"].astype(np.uint8)) for split in ("train", "test")
+    )
+
+
+def _check_npz_headers(path, headers):
+    """MNIST-style arrays: uint8 images (N, 28, 28), N up to MAX_IDX_IMAGES, and N integer
+    labels in a row."""
+    for split in ("train", "test"):
+        images_shape, images_dtype = headers[f"x_{split}"]
+        labels_shape, labels_dtype = headers[f"y_{split}"]
+        if images_dtype != np.uint8 or images_shape[1:] != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+            raise DataError(f"{path}: x_{split} must be uint8 images of shape (N, 28, 28)")
+        count = images_shape[0]
+        if not 0 < count <= MAX_IDX_IMAGES or labels_dtype.kind not in "iu":
+            raise DataError(
+                f"{path}: x_{split} must hold 1 to {MAX_IDX_IMAGES:,} images, and y_{split} "
+                "their integer labels"
+            )
+        if labels_shape != (count,):
+            raise DataError(
+                f"{path}: y_{split} must hold one label from 0 to {NUM_CLASSES - 1} for each "
+                f"of the {count:,} images"
+            )
+
+
+def _npz_headers(file):
+    """{name: (shape, dtype)} of the arrays NPZ_ARRAYS, from their headers alone."""
+    headers = {}
+    with zipfile.ZipFile(file) as archive:
+        for name in NPZ_ARRAYS:
+            with archive.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise ValueError(f"{name}: .npy format {version} is not read")
+                shape, _, dtype = read_header(member)
+            headers[name] = (tuple(shape), dtype)
+    return headers
 
 
 def load_from_keras(dataset):
@@ -226,7 +311,9 @@ def load_from_keras(dataset):
 
 
 def _first_line(error):
-    return (str(error) or type(error).__name__).splitlines()[0]
+    """The error's first line, cut to a length a message line can hold: some repeat what
+    the file holds."""
+    return (str(error) or type(error).__name__).splitlines()[0][:200]
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,6 +343,8 @@ CIFAR10_IMAGE_BYTES = 3 * CIFAR10_SIZE * CIFAR10_SIZE  # red, green and blue pla
 # A batch of 10,000 images holds 30.7 MB of pixels, about 31 MB with its labels and file
 # names. A larger file is not a CIFAR-10 batch, and is refused before it is read.
 CIFAR10_MAX_FILE_BYTES = 32 << 20
+CIFAR10_MAX_MEMBERS = 100
+CIFAR10_MAX_ARCHIVE_BYTES = 512 << 20
 
 
 class _Refused(Exception):
@@ -271,7 +360,10 @@ class _ByteType:
 
     def __init__(self, name, align=0, copy=1):
         if name not in (b"u1", "u1"):
-            raise _Refused(f"an array of dtype {name!r}")
+            # Named only when it is a short string: repr of a hostile argument (nested lists
+            # that share references) could take hours and all memory.
+            shown = repr(name) if isinstance(name, (bytes, str)) and len(name) <= 16 else "?"
+            raise _Refused(f"an array of dtype {shown}")
         self.checked = True
 
     def __setstate__(self, state):
@@ -296,7 +388,7 @@ class _ArrayStandIn:
             and isinstance(raw, bytes)
             and np.prod(shape, dtype=object) == len(raw)
         ):
-            raise _Refused(f"an array whose shape {shape} does not fit its bytes")
+            raise _Refused("an array whose shape does not fit its bytes")
         self.array = np.frombuffer(raw, np.uint8).reshape(shape)
 
 
@@ -304,6 +396,20 @@ def _reconstruct(array_type, shape, typecode):
     if array_type is not _ArrayType:
         raise _Refused("an array of another type than numpy.ndarray")
     return _ArrayStandIn()
+
+
+# The only names CIFAR-10's pickles hold, each with what stands for it here.
+_STAND_INS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _ArrayType,
+    ("numpy", "dtype"): _ByteType,
+}
+
+
+def _stand_in(module, name):
+    if (module, name) not in _STAND_INS:
+        raise _Refused(f"{module}.{name}"[:100])
+    return _STAND_INS[(module, name)]
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -315,22 +421,97 @@ class CifarUnpickler(pickle.Unpickler):
     before anything runs. Python 2's strings are read as bytes, as Keras reads them.
     """
 
-    stand_ins = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): _ArrayType,
-        ("numpy", "dtype"): _ByteType,
-    }
-
     def __init__(self, file):
         super().__init__(file, encoding="bytes")
 
     def find_class(self, module, name):
-        if (module, name) not in self.stand_ins:
-            raise _Refused(f"{module}.{name}")
-        return self.stand_ins[(module, name)]
+        return _stand_in(module, name)
 
     def persistent_load(self, persistent_id):
         raise _Refused("a persistent object")
+
+
+# A batch builds about 40,000 objects (10,000 labels, 10,000 file names and their memo
+# entries); far more is not CIFAR-10, and would cost memory and time before any check.
+CIFAR10_MAX_OBJECTS = 1_000_000
+# The opcodes Python 2's cPickle wrote CIFAR-10's files with; any other is refused.
+_SCALAR_OPCODES = {
+    "BININT", "BININT1", "BININT2", "SHORT_BINSTRING", "BINSTRING", "NONE", "NEWTRUE",
+    "NEWFALSE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "GLOBAL",
+}  # fmt: skip
+_TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def _add_items(stack, items, pairs):
+    """APPEND(S) or SETITEM(S): `items` (keys and values in turn if `pairs`) go into the
+    container below them. A key must be a single value: hashing a tuple visits all it holds."""
+    if pairs and any(key != 1 for key in items[::2]):
+        raise _Refused("a dict key that is a container")
+    stack[-1] += sum(items)
+
+
+def _pop(stack, count):
+    """The top `count` values, as the unpickler pops them: never past a MARK."""
+    items = stack[len(stack) - count :] if count else []
+    if len(items) < count or None in items:
+        raise ValueError("an opcode takes more values than the stack holds")
+    del stack[len(stack) - count :]
+    return items
+
+
+def _pop_to_mark(stack):
+    mark = len(stack) - 1 - stack[::-1].index(None)
+    items = stack[mark + 1 :]
+    del stack[mark:]
+    return items
+
+
+def _check_opcodes(payload):
+    """Walk the pickle's opcodes before anything is built, with the number of objects each
+    value holds (counting every shared reference again) in place of the value.
+
+    The unpickler trusts a pickle's numbers: a memo index of 2**27 makes it set aside 2 GB,
+    and a dict key made of tuples that each repeat a reference to the one before a hundred
+    times costs 100**depth steps to hash. Here memo indices must count up as the file
+    stores objects, no value may hold more than CIFAR10_MAX_OBJECTS, dict keys must be
+    single values, and names are checked as the unpickler would (so none of them runs).
+    Returns where the pickle ends."""
+    stack, memo, stop = [], {}, -1
+    for count, (opcode, argument, position) in enumerate(pickletools.genops(payload)):
+        name, stop = opcode.name, position
+        if count > CIFAR10_MAX_OBJECTS:
+            raise _Refused(f"more than {CIFAR10_MAX_OBJECTS:,} objects")
+        if name == "GLOBAL":
+            _stand_in(*argument.split(" ", 1))
+        if name in _SCALAR_OPCODES:
+            stack.append(1)
+        elif name == "MARK":
+            stack.append(None)
+        elif name in ("BINPUT", "LONG_BINPUT"):
+            if argument > len(memo) + 1:
+                raise _Refused(f"memo slot {argument:,} with {len(memo):,} objects stored")
+            memo[argument] = _pop(stack, 1)[0]
+            stack.append(memo[argument])
+        elif name in ("BINGET", "LONG_BINGET"):
+            stack.append(memo[argument])
+        elif name in _TUPLE_SIZES or name == "TUPLE":
+            size = _TUPLE_SIZES.get(name)
+            items = _pop_to_mark(stack) if size is None else _pop(stack, size)
+            stack.append(1 + sum(items))
+        elif name in ("APPEND", "SETITEM"):
+            _add_items(stack, _pop(stack, 1 if name == "APPEND" else 2), name == "SETITEM")
+        elif name in ("APPENDS", "SETITEMS"):
+            _add_items(stack, _pop_to_mark(stack), name == "SETITEMS")
+        elif name == "REDUCE":  # the callable and its arguments become one new object
+            _pop(stack, 2)
+            stack.append(1)
+        elif name == "BUILD":  # the state goes into the object below it
+            _pop(stack, 1)
+        elif name not in ("PROTO", "STOP"):
+            raise _Refused(f"the pickle opcode {name}")
+        if stack and (stack[-1] or 0) > CIFAR10_MAX_OBJECTS:
+            raise _Refused(f"a value of more than {CIFAR10_MAX_OBJECTS:,} objects")
+    return stop
 
 
 def read_cifar10_pickle(payload, path):
@@ -339,7 +520,7 @@ def read_cifar10_pickle(payload, path):
     try:
         # The opcodes alone first: pickletools checks each declared length against the bytes
         # the file holds, where the unpickler would first set aside as many as a length claims.
-        stop = max((position for _, _, position in pickletools.genops(payload)), default=-1)
+        stop = _check_opcodes(payload)
         if stop + 1 != len(payload):
             raise ValueError(f"{len(payload) - stop - 1:,} bytes after the pickle's end")
         loaded = CifarUnpickler(io.BytesIO(payload)).load()
@@ -365,7 +546,8 @@ def read_cifar10_pickle(payload, path):
             value = value.array
         elif not (allowed(value) or (isinstance(value, list) and all(map(allowed, value)))):
             raise DataError(
-                f"{path}: not a CIFAR-10 batch (its entry {key!r} holds a {type(value).__name__})"
+                f"{path}: not a CIFAR-10 batch (its entry {key[:40]!r} holds a "
+                f"{type(value).__name__})"
             )
         entries[key.decode("utf-8", "replace")] = value
     return entries
@@ -375,15 +557,14 @@ def _cifar10_file_reader(folder):
     def read(name):
         path = os.path.join(folder, name)
         try:
-            size = os.path.getsize(path)
-            if size > CIFAR10_MAX_FILE_BYTES:
-                raise DataError(
-                    f"{path}: {size:,} bytes, more than a CIFAR-10 batch holds; not a CIFAR-10 file"
-                )
-            with open(path, "rb") as file:
-                return path, file.read()
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
+            with _open_regular_file(path) as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > CIFAR10_MAX_FILE_BYTES:
+                    raise DataError(
+                        f"{path}: {size:,} bytes, more than a CIFAR-10 batch holds; not a "
+                        "CIFAR-10 file"
+                    )
+                return path, file.read(CIFAR10_MAX_FILE_BYTES)
         except OSError as error:
             raise DataError(f"{path}: cannot read file ({error.strerror})") from None
 
@@ -394,10 +575,19 @@ def _cifar10_archive_reader(path, names):
     """The files `names` in CIFAR-10's .tar.gz, read into memory (nothing is extracted to disk)
     and checked for size first; the format is whichever the archive holds."""
     wanted = {name for spec in CIFAR10_FORMATS.values() for name in names(spec)}
-    found = {}
+    found, declared = {}, 0
     try:
-        with tarfile.open(path) as archive:
-            for member in archive:
+        with _open_regular_file(path) as file, tarfile.open(fileobj=file) as archive:
+            for count, member in enumerate(archive):
+                # The official archives hold 9 members and 180 MB: a few more is fine, but
+                # thousands of headers or gigabytes to skip are not a CIFAR-10 archive.
+                declared += member.size
+                if count >= CIFAR10_MAX_MEMBERS or declared > CIFAR10_MAX_ARCHIVE_BYTES:
+                    raise DataError(
+                        f"{path}: more than {CIFAR10_MAX_MEMBERS} files or "
+                        f"{CIFAR10_MAX_ARCHIVE_BYTES >> 20} MB in the archive; not a CIFAR-10 "
+                        "archive"
+                    )
                 name = os.path.basename(member.name)
                 if name not in wanted or not member.isfile():
                     continue
@@ -407,7 +597,7 @@ def _cifar10_archive_reader(path, names):
                         "CIFAR-10 batch holds; not a CIFAR-10 archive"
                     )
                 found[name] = (f"{path}:{member.name}", archive.extractfile(member).read())
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as error:
         raise DataError(
             f"{path}: not a readable CIFAR-10 archive ({_first_line(error)}); download it again"
         ) from None
@@ -524,6 +714,12 @@ def load_cifar10(data_dir, splits=("train", "test")):
 
 # The files image_dataset_from_directory reads; others in the folder are left alone.
 IMAGE_FILE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# A picture of more pixels is left out: a 50-megapixel phone photo takes 150 MB to decode and
+# 600 MB to resize, where a 20000x20000 PNG of 400 KB on disk would take 1.2 GB for itself.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_FILE_BYTES = 256 << 20  # more than any picture within MAX_IMAGE_PIXELS needs
+# Why a file is left out, as the summary says it (with its count before it).
+UNREADABLE = "that could not be read as images"
 
 
 def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"), verbose=True):
@@ -532,11 +728,42 @@ def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"
     (padded black), the files split into train and test at random by `seed`.
 
     One sub-folder per class gives the labels (the sub-folders' names, sorted); images
-    directly in `folder` are an unlabelled set (labels and class names None). Files that
-    cannot be decoded are left out and counted, not a reason to stop.
+    directly in `folder` are an unlabelled set (labels and class names None). Hidden files
+    and folders are not read. Files that are not regular files, that cannot be decoded, or
+    whose pictures are too large or too narrow are left out and counted, not a reason to stop.
     """
-    import keras
+    labelled = _is_labelled(folder)
+    # Keras reads a folder as it finds it; it is given a folder of links to the files that
+    # pass the checks (the same names, so the same split by `seed`).
+    with tempfile.TemporaryDirectory(prefix="vae-images-") as checked:
+        left_out = _link_images(folder, checked, labelled, image_size)
+        train, test = _keras_splits(
+            checked, folder, labelled, image_size, seed, test_split, left_out
+        )
+        read = []
+        for split, dataset in (("train", train), ("test", test)):
+            if split not in splits:
+                read.append(_empty(image_size, image_size, 3))
+                continue
+            images, labels = _decode_all(dataset, labelled)
+            left_out[UNREADABLE] += len(dataset.file_paths) - len(images)
+            if not len(images):
+                raise DataError(
+                    f"{folder}: none of the {len(dataset.file_paths)} {split} files could be "
+                    "read as images; are they PNG, JPEG, BMP or GIF files?"
+                )
+            read.append((images, labels))
+    if verbose:
+        kinds = f"{len(train.class_names)} classes" if labelled else "no classes (no sub-folders)"
+        print(
+            f"Read {folder}: {len(read[0][0]):,} training and {len(read[1][0]):,} test images, "
+            f"{kinds}{_left_out_note(left_out)}"
+        )
+    return tuple(read), (train.class_names if labelled else None)
 
+
+def _is_labelled(folder):
+    """True for a folder of class sub-folders, False for a flat one; refuses a mix."""
     if folder is None:
         raise DataError("--dataset folder needs --data-dir DIR, the folder of your images")
     if not os.path.isdir(folder):
@@ -548,11 +775,90 @@ def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"
             f"{folder} holds images beside sub-folders: put each image in its class's "
             "sub-folder, or, for images without classes, all of them directly in the folder"
         )
+    return labelled
+
+
+def _link_images(folder, checked, labelled, image_size):
+    """Link into `checked` each image file of `folder` (not hidden, nor in a hidden folder)
+    that passes `_image_problem`; returns how many were left out, by reason."""
+    left_out = collections.Counter()
+    tops = sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if labelled and entry.is_dir() and not entry.name.startswith(".")
+    )
+    for top in tops or [""]:
+        os.makedirs(os.path.join(checked, top), exist_ok=True)  # a class, even if left empty
+        for root, folders, names in os.walk(os.path.join(folder, top)):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            for name in names:
+                if name.startswith(".") or not name.lower().endswith(IMAGE_FILE_TYPES):
+                    continue
+                path = os.path.join(root, name)
+                problem = _image_problem(path, image_size)
+                if problem:
+                    left_out[problem] += 1
+                    continue
+                link = os.path.join(checked, os.path.relpath(path, folder))
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink(os.path.abspath(path), link)
+    return left_out
+
+
+def _image_problem(path, image_size):
+    """Why the image file `path` is left out, or None. Its header only is read."""
+    from PIL import Image
+
     try:
-        # Keras prints its split in its own words ("validation"); the summary below says it.
+        status = os.stat(path)  # of what a symbolic link names
+    except OSError:
+        return UNREADABLE
+    if not stat.S_ISREG(status.st_mode):
+        return "that are not regular files"  # a pipe or a device: reading it may never end
+    if status.st_size > MAX_IMAGE_FILE_BYTES:
+        return f"of more than {MAX_IMAGE_FILE_BYTES >> 20} MB"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return f"of more than {MAX_IMAGE_PIXELS // 1_000_000} million pixels"
+    except Exception:  # whatever an undecodable file makes Pillow raise
+        return UNREADABLE
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"of more than {MAX_IMAGE_PIXELS // 1_000_000} million pixels"
+    if min(width, height) * image_size < max(width, height):
+        return f"too narrow to keep a pixel across at {image_size}x{image_size}"
+    return None
+
+
+def _left_out_note(left_out):
+    """'; left out 3 files: 2 that ..., 1 of ...' or '' when every file was read."""
+    total = sum(left_out.values())
+    if not total:
+        return ""
+    if len(+left_out) == 1:
+        return f"; left out {_files(total)} {next(iter(+left_out))}"
+    reasons = ", ".join(f"{count:,} {reason}" for reason, count in sorted((+left_out).items()))
+    return f"; left out {_files(total)}: {reasons}"
+
+
+def _files(count):
+    """'1 file', '3 files'."""
+    return f"{count:,} file{'s' if count != 1 else ''}"
+
+
+def _keras_splits(checked, folder, labelled, image_size, seed, test_split, left_out):
+    """image_dataset_from_directory's train and test splits of the folder `checked` (the
+    links to the files of `folder` that passed the checks; `left_out` counts the others)."""
+    import keras
+
+    try:
+        # Keras prints its split in its own words ("validation"); the summary says it.
         with contextlib.redirect_stdout(io.StringIO()):
-            train, test = keras.utils.image_dataset_from_directory(
-                folder,
+            return keras.utils.image_dataset_from_directory(
+                checked,
                 labels="inferred" if labelled else None,
                 label_mode="int" if labelled else None,
                 color_mode="rgb",  # grey files come as three equal channels; load_images sees
@@ -569,11 +875,11 @@ def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"
                 verbose=False,
             )
     except ValueError:  # no images, or too few to hold out a test set
-        count = sum(
-            name.lower().endswith(IMAGE_FILE_TYPES)
-            for _, _, names in os.walk(folder)
-            for name in names
-        )
+        count = sum(len(names) for _, _, names in os.walk(checked))
+        if not count and left_out:
+            raise DataError(
+                f"{folder}: none of its image files can be used{_left_out_note(left_out)}"
+            ) from None
         if not count:
             raise DataError(
                 f"{folder}: no PNG, JPEG, BMP or GIF images found in it or its sub-folders"
@@ -582,32 +888,6 @@ def read_folder(folder, image_size, *, seed, test_split, splits=("train", "test"
             f"{folder}: {count} images are too few to hold out --test-split {test_split:g} of "
             "them as a test set; add images or raise --test-split"
         ) from None
-    read, unreadable = [], 0
-    for split, dataset in (("train", train), ("test", test)):
-        if split not in splits:
-            read.append(_empty(image_size, image_size, 3))
-            continue
-        images, labels = _decode_all(dataset, labelled)
-        unreadable += len(dataset.file_paths) - len(images)
-        if not len(images):
-            raise DataError(
-                f"{folder}: none of the {len(dataset.file_paths)} {split} files could be read as "
-                "images; are they PNG, JPEG, BMP or GIF files?"
-            )
-        read.append((images, labels))
-    if verbose:
-        kinds = f"{len(train.class_names)} classes" if labelled else "no classes (no sub-folders)"
-        print(
-            f"Read {folder}: {len(read[0][0]):,} training and {len(read[1][0]):,} test images, "
-            f"{kinds}"
-            + (
-                f"; left out {unreadable:,} file{'s' if unreadable > 1 else ''} that could not "
-                "be read as images"
-                if unreadable
-                else ""
-            )
-        )
-    return tuple(read), (train.class_names if labelled else None)
 
 
 def _decode_all(dataset, labelled):
@@ -647,6 +927,17 @@ class ImageData:
     @property
     def num_classes(self):
         return len(self.class_names) if self.class_names else 0
+
+    def fingerprint(self):
+        """A digest of the images, labels and class names (a fifth of a second for MNIST):
+        a resumed run checks that it goes on learning the same data, not only the same path."""
+        digest = hashlib.sha256(json.dumps(self.class_names).encode())
+        for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            if array is not None:
+                array = np.ascontiguousarray(array)
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(array)
+        return digest.hexdigest()
 
 
 def load_images(

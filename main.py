@@ -457,6 +457,22 @@ def load_images(config, test_only=False):
     )
 
 
+def check_output_outside_images(config):
+    """A folder of images is read with its sub-folders (hidden ones aside): an --output-dir
+    in it would make the run's folders classes, or its plots training images, next time."""
+    if config.dataset != "folder" or not config.data_dir:
+        return
+    images, output = os.path.realpath(config.data_dir), os.path.realpath(config.output_dir)
+    first_folder = os.path.relpath(output, images).split(os.sep)[0]
+    hidden = first_folder.startswith(".") and first_folder != "."  # not read as images
+    if os.path.commonpath([images, output]) == images and not hidden:
+        raise RunError(
+            f"--output-dir {config.output_dir} is inside --data-dir {config.data_dir}: the "
+            "run's models/, logs/ and plots/ would be read as classes or images; choose an "
+            "--output-dir outside it"
+        )
+
+
 def check_labels(config, images):
     """Refuse settings that need class labels the images do not have."""
     if config.conditional and not images.num_classes:
@@ -643,7 +659,8 @@ def evaluation_flops(vae, samples):
 
 def train(config):
     """Train a VAE as `config` says, then save, evaluate and plot it; return (vae, history)."""
-    # First: MultiWorkerMirroredStrategy must exist before TensorFlow starts its runtime.
+    check_output_outside_images(config)
+    # Before TensorFlow starts its runtime: MultiWorkerMirroredStrategy must exist first.
     placement = distribution.place(config.distribute, config.batch_size)
     if placement.is_chief:
         check_writable(config.output_dir)
@@ -681,8 +698,8 @@ def train(config):
         with placement.scope():  # the model, its optimizer and metrics live on every replica
             vae = placement.prepare(make_model(config, train_count, images.num_classes))
             vae.start_from_data(train_images)  # a resumed run's backup replaces it
-        run_name, resumed = prepare_run(config, write=placement.is_chief)
-        progress = read_progress(config.output_dir) if resumed else {}
+        run_name, resumed = prepare_run(config, placement.is_chief, images.fingerprint())
+        progress = read_progress(config.output_dir, config.epochs) if resumed else {}
         log_dir = os.path.join(config.output_dir, "logs")
         print(
             f"{'Resuming' if resumed else 'Starting'} run {run_name} on {placement.describe()} in "
@@ -718,7 +735,7 @@ def train(config):
         save_models(vae, os.path.join(config.output_dir, "models"))
         trained = one_device_copy(vae, config, placement) if placement.mode != "none" else vae
         # The whole run's epochs and seconds, over every resume.
-        progress = read_progress(config.output_dir)
+        progress = read_progress(config.output_dir, config.epochs)
         training = {
             "training_seconds": round(progress.get("training_seconds", 0.0), 1),
             "epochs_trained": progress.get("epochs_trained", 0),
@@ -749,6 +766,7 @@ def evaluate_saved_model(config):
     --limit and --data-dir steer this evaluation and are recorded as its own. A folder's
     test set is the one the training run held out (its --seed and --test-split).
     """
+    check_output_outside_images(config)
     check_writable(config.output_dir)
     with output_lock(config.output_dir):
         vae = load_model_file(os.path.join(config.output_dir, "models", "vae.keras"))

@@ -127,6 +127,13 @@ def class_colours(count):
     return colours, count - 0.5
 
 
+def as_text(name):
+    """A class name (a folder's name) drawn as it is written: matplotlib reads text between
+    two `$` as mathematics, and one it cannot parse stops the drawing. A tab (which no font
+    draws) becomes a space."""
+    return str(name).replace("$", r"\$").replace("\t", " ")
+
+
 def latent_space_figure(z_mean, labels, class_names, title_suffix=""):
     """Test-set z_mean coloured by class (first two principal components above 2-D); one
     colour for unlabelled images."""
@@ -139,7 +146,7 @@ def latent_space_figure(z_mean, labels, class_names, title_suffix=""):
             points[:, 0], points[:, 1], c=labels, cmap=colours, vmin=-0.5, vmax=top, s=3
         )
         colour_bar = figure.colorbar(scatter, ticks=range(len(class_names)))
-        colour_bar.ax.set_yticklabels(class_names)
+        colour_bar.ax.set_yticklabels([as_text(name) for name in class_names])
     else:
         axes.scatter(points[:, 0], points[:, 1], s=3)
     if latent_dim == 2:
@@ -178,7 +185,7 @@ def plot_manifold(decoder, path, label=None, class_name=None, grid_size=20):
     if latent_dim > 2:
         title = f"Decoded manifold: z[0] and z[1] varied, other {latent_dim - 2} dimensions 0"
     if class_name is not None:
-        title += f", class {class_name}"
+        title += f", class {as_text(class_name)}"
     axes.set_title(title)
     _save(figure, path)
 
@@ -235,7 +242,7 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
         images,
         classes,
         per_class,
-        class_names,
+        [as_text(name) for name in class_names],
         "Each row: one class; each column: one z from N(0, I)",
         path,
     )
@@ -279,7 +286,8 @@ def plot_interpolation(decoder, z_mean, labels, class_names, path, pairs=6, step
         conditions = conditions.reshape(pairs * steps, -1)
     images = decode(decoder, z.reshape(pairs * steps, -1).astype(np.float32), conditions)
     if class_names:
-        row_labels = [f"{class_names[labels[a]]} -> {class_names[labels[b]]}" for a, b in chosen]
+        names = [as_text(name) for name in class_names]
+        row_labels = [f"{names[labels[a]]} -> {names[labels[b]]}" for a, b in chosen]
     else:
         row_labels = [f"image {a} -> {b}" for a, b in chosen]
     _save_grid_with_row_labels(

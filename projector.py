@@ -46,8 +46,10 @@ def sprite(images):
 def metadata_lines(labels, class_names):
     """metadata.tsv: a header, then one row per point with its class index and name (the
     class sub-folder's name for a folder of images)."""
+    # A tab or a line break in a name would add a column or a row: each becomes a space.
+    names = [" ".join(str(name).replace("\t", "\n").splitlines()) for name in class_names]
     lines = ["class\tname"]
-    lines += [f"{label}\t{class_names[label]}" for label in labels]
+    lines += [f"{label}\t{names[label]}" for label in labels]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@ Everything `main.py` writes under --output-dir passes through here:
 - `check_writable` refuses an unusable folder before training, not after the last epoch;
 - `output_lock` keeps a second run out of a folder that one is using;
 - `prepare_run` finds the unfinished run that backup/ holds (refusing one made with other
-  settings) or names a new one;
+  settings or on other data, or a record it cannot trust) or names a new one;
 - `save_model`, `save_models` and `write_atomically` write to a temporary name and rename,
   so a crash mid-save leaves the previous file whole, and `saving` turns a full disk into
   one sentence that names the folder and the space the file needs;
@@ -69,7 +69,14 @@ def check_writable(output_dir):
 @contextlib.contextmanager
 def output_lock(output_dir):
     """One run per output folder. The OS drops the lock when its process dies, even by SIGKILL."""
-    with open(os.path.join(output_dir, ".lock"), "w") as lock_file:
+    path = os.path.join(output_dir, ".lock")
+    try:  # not through a symbolic link, and never emptied: it may name someone's file
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as error:
+        raise RunError(
+            f"cannot open {path} ({error.strerror}); if it is a symbolic link, remove it"
+        ) from None
+    with os.fdopen(descriptor, "w") as lock_file:
         if fcntl:  # not on Windows: there, runs are not guarded against each other
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,20 +117,18 @@ RESUME_SETTINGS = (
 )
 
 
-def prepare_run(config, write=True):
-    """Find or start the run: a backup's settings must match this config; returns its name
-    and whether it resumes. With write=False (not the chief) nothing is written or removed."""
+def prepare_run(config, write=True, data_fingerprint=None):
+    """Find or start the run: a backup's settings, and the data it learns (`data_fingerprint`,
+    data.ImageData.fingerprint), must match this run's; returns its name and whether it
+    resumes. With write=False (not the chief) nothing is written or removed."""
     backup_dir = os.path.join(config.output_dir, "backup")
     run_file = os.path.join(backup_dir, "run.json")
     settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
-    if config.fresh and write:
-        shutil.rmtree(backup_dir, ignore_errors=True)
+    if config.fresh and write and not remove_folder(backup_dir):
+        # It would be resumed from.
+        raise RunError(f"--fresh: cannot remove {backup_dir}; remove it, then run again")
     if os.path.exists(run_file):
-        try:
-            with open(run_file) as file:
-                previous = json.load(file)
-        except (OSError, ValueError) as error:
-            raise RunError(f"{run_file}: unreadable ({error}); add --fresh to start over") from None
+        previous = read_run_record(run_file)
         if previous["settings"] != settings:
             changed = ", ".join(
                 f"{name} {previous['settings'].get(name)} -> {value}"
@@ -134,6 +139,17 @@ def prepare_run(config, write=True):
                 f"{backup_dir} holds an unfinished run with other settings ({changed}). "
                 "Add --fresh to discard it and start over, or use another --output-dir."
             )
+        # A record from before fingerprints were kept is taken on trust.
+        if data_fingerprint and previous.get("data", data_fingerprint) != data_fingerprint:
+            source = (
+                f"--data-dir {config.data_dir}"
+                if config.data_dir
+                else f"Keras' download of {config.dataset}"
+            )
+            raise RunError(
+                f"{backup_dir} holds an unfinished run on other images than {source} gives "
+                "now: pass the --data-dir it started with, or add --fresh to start over"
+            )
         return previous["run_name"], True
     run_name = config.run_name or "{}{}-latent{}-{}".format(
         config.dataset,
@@ -141,25 +157,92 @@ def prepare_run(config, write=True):
         config.latent_dim,
         datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
     )
+    if not is_plain_name(run_name):
+        raise RunError(f"--run-name {run_name}: give a folder name alone, without / or ..")
     if not write:
         return run_name, False
     os.makedirs(backup_dir, exist_ok=True)
-    write_atomically(run_file, json.dumps({"run_name": run_name, "settings": settings}, indent=2))
+    record = {"run_name": run_name, "settings": settings, "data": data_fingerprint}
+    write_atomically(run_file, json.dumps(record, indent=2))
     return run_name, False
+
+
+def is_plain_name(name):
+    """A name of one folder under logs/: no path that leads outside it."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(mark in name for mark in ("/", "\\", "\0"))
+        and not os.path.isabs(name)
+    )
+
+
+def read_run_record(run_file):
+    """backup/run.json, checked: a resume must not go on from a record it cannot trust."""
+    try:
+        with open(run_file) as file:
+            previous = json.load(file)
+        if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+            raise ValueError("no settings in it")
+        if not is_plain_name(previous.get("run_name")):
+            raise ValueError("its run_name is not the name of one folder")
+    except (OSError, ValueError) as error:
+        raise RunError(
+            f"{run_file}: unreadable ({_first_line(error)}); add --fresh to start over"
+        ) from None
+    return previous
+
+
+def _first_line(error):
+    return (str(error) or type(error).__name__).splitlines()[0]
+
+
+def remove_folder(path):
+    """Remove `path`, a folder or a symbolic link (the link only, not what it names: rmtree
+    refuses a link); returns whether it is gone."""
+    if os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 PROGRESS_FILE = "progress.json"  # in backup/: what the finished epochs of this run did
 
 
-def read_progress(output_dir):
+def read_progress(output_dir, epochs):
     """The unfinished run's record (backup/progress.json): epochs and training seconds so far,
-    the best val_loss (the one checkpoint.keras holds). {} for a run that starts now."""
-    with (
-        contextlib.suppress(OSError, ValueError),
-        open(os.path.join(output_dir, "backup", PROGRESS_FILE)) as file,
-    ):
-        return json.load(file)
-    return {}
+    the best val_loss (the one checkpoint.keras holds). {} for a run that starts now. A
+    record that cannot be true (epochs beyond `epochs`, a val_loss of -Infinity, which no
+    epoch would beat) stops the run rather than mislead its checkpoint and metrics."""
+    path = os.path.join(output_dir, "backup", PROGRESS_FILE)
+    try:
+        with open(path) as file:
+            progress = json.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise RunError(
+            f"{path}: unreadable ({_first_line(error)}); add --fresh to start over"
+        ) from None
+    checks = {
+        "epochs_trained": lambda value: type(value) is int and 0 <= value <= epochs,
+        "training_seconds": lambda value: is_number(value) and 0 <= value < math.inf,
+        "best_val_loss": lambda value: is_number(value) and math.isfinite(value),
+    }
+    if not isinstance(progress, dict):
+        raise RunError(f"{path}: not a run's record; add --fresh to start over")
+    for name, check in checks.items():
+        if name in progress and not check(progress[name]):
+            raise RunError(
+                f"{path}: {name} {str(progress[name])[:40]} is not a value a run leaves; add "
+                "--fresh to start over"
+            )
+    return progress
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def finish_run(output_dir):
@@ -168,10 +251,10 @@ def finish_run(output_dir):
     for the same command to resume from."""
     backup = os.path.join(output_dir, "backup")
     finished = backup + ".finished"
-    shutil.rmtree(finished, ignore_errors=True)
+    remove_folder(finished)
     with contextlib.suppress(FileNotFoundError):
         os.replace(backup, finished)
-    shutil.rmtree(finished, ignore_errors=True)
+    remove_folder(finished)
 
 
 """
@@ -216,13 +299,27 @@ def model_file_bytes(model, path):
     return sum(math.prod(variable.shape) * 4 for variable in variables)
 
 
+def replace_durably(partial, path):
+    """Rename the written file `partial` to `path`, on disk before and after: without the
+    two fsyncs, a power cut can leave `path` empty even though the rename had happened."""
+    with open(partial, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    with contextlib.suppress(OSError):  # a folder cannot be opened on Windows
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
 def write_atomically(path, text):
     """Write `text` to `path` through a temporary file: never a half-written file."""
     partial = path + ".partial"
     with saving(path, len(text.encode()), partial):
         with open(partial, "w") as file:
             file.write(text)
-        os.replace(partial, path)
+        replace_durably(partial, path)
 
 
 def partial_model_path(path):
@@ -235,7 +332,7 @@ def save_model(model, path):
     partial = partial_model_path(path)
     with saving(path, model_file_bytes(model, path), partial):
         model.save(partial)
-        os.replace(partial, path)
+        replace_durably(partial, path)
 
 
 def save_models(vae, models_dir):

@@ -5,9 +5,12 @@ protocol-2 pickles, or the binary version's fixed records."""
 
 import dataclasses
 import glob
+import gzip
 import io
 import json
+import lzma
 import math
+import os
 import pickle
 import struct
 import subprocess
@@ -189,6 +192,46 @@ def test_an_archive_member_larger_than_a_batch_is_not_read(tmp_path):
         data.load_dataset("cifar10", str(archive))
 
 
+def test_a_pipe_or_a_device_named_as_a_batch_is_refused(tmp_path, batches):
+    files, _ = batches
+    folder = write_folder(tmp_path / "cifar-10-batches-py", files)
+    batch = folder / "data_batch_1"
+    for make in (os.mkfifo, lambda path: os.symlink("/dev/zero", path)):
+        batch.unlink()
+        make(batch)
+        with pytest.raises(DataError, match=f"^{batch}: not a regular file"):
+            data.load_dataset("cifar10", str(folder))
+
+
+def test_archives_that_are_not_cifar10_are_refused_quickly(tmp_path, batches):
+    files, _ = batches
+    # xz under the gzip archive's name, damaged in the middle.
+    plain = write_archive(tmp_path / "plain.tar.gz", files)
+    with gzip.open(plain) as tar:
+        compressed = lzma.compress(tar.read())
+    xz = tmp_path / "xz" / "cifar-10-python.tar.gz"
+    xz.parent.mkdir()
+    middle = len(compressed) // 2
+    xz.write_bytes(compressed[:middle] + bytes(100) + compressed[middle + 100 :])
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz: not a readable CIFAR-10"):
+        data.load_dataset("cifar10", str(xz))
+    # Thousands of empty members (a few bytes each once compressed), then a batch that
+    # declares 4 GiB: refused at the header past the limits, nothing skipped through.
+    many = tmp_path / "many" / "cifar-10-python.tar.gz"
+    many.parent.mkdir()
+    with tarfile.open(many, "w:gz") as tar:
+        for number in range(data.CIFAR10_MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"empty_{number}"))
+    huge = tmp_path / "huge" / "cifar-10-python.tar.gz"
+    huge.parent.mkdir()
+    member = tarfile.TarInfo("cifar-10-batches-py/readme.html")
+    member.size = 4 << 30
+    huge.write_bytes(gzip.compress(member.tobuf(tarfile.GNU_FORMAT) + bytes(100_000)))
+    for archive in (many, huge):
+        with pytest.raises(DataError, match=r"more than 100 files or 512 MB in the archive"):
+            data.load_dataset("cifar10", str(archive))
+
+
 def test_a_lying_string_length_does_not_allocate_it():
     import tracemalloc
 
@@ -252,6 +295,88 @@ def test_damaged_batches_give_data_error_or_a_checked_batch(cut, flips):
         assert isinstance(value, (bytes, int, list, np.ndarray))
         if isinstance(value, np.ndarray):
             assert value.dtype == np.uint8
+
+
+def shared_reference_tower(levels, width=100):
+    """Opcodes that build, level by level, a container holding `width` references to the
+    one below: a few hundred bytes a level, width**levels objects once expanded."""
+    out = b"K\x00q\x01"  # level 0: an int in memo slot 1
+    for level in range(1, levels + 1):
+        out += b"(" + (b"h" + bytes([level])) * width + b"tq" + bytes([level + 1])
+    return out
+
+
+def refused_quickly(payload, message):
+    """Refused with `message`, within a second and 10 MB."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DataError, match=message) as refused:
+            data.read_cifar10_pickle(payload, "hostile")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1 and peak < 10 * 2**20
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_a_memo_index_far_ahead_is_refused_before_anything_is_set_aside():
+    # 11 bytes: an empty list stored in memo slot 2**27 (the unpickler would set aside 2 GB).
+    payload = b"\x80\x02]r" + struct.pack("<I", 2**27) + b"0."
+    refused_quickly(payload, r"refused: the file asks for memo slot 134,217,728 with 0 objects")
+
+
+def test_shared_references_cannot_multiply_the_work():
+    # A dict key of tuples that each hold 100 references to the one below: 100**7 to hash.
+    key = shared_reference_tower(7)
+    refused_quickly(b"\x80\x02}q\x00" + key + b"K\x00s.", r"a value of more than 1,000,000")
+    # One level is small, but a tuple as a key is still refused: no batch has one.
+    key = shared_reference_tower(1)
+    refused_quickly(b"\x80\x02}q\x00" + key + b"K\x00s.", r"a dict key that is a container")
+    # numpy.dtype(<nested tuples>): refused without writing the argument out (repr would
+    # expand every reference).
+    dtype_call = shared_reference_tower(2) + b"cnumpy\ndtype\nh\x03\x85R."
+    refused_quickly(b"\x80\x02" + dtype_call, r"asks for an array of dtype \?,")
+
+
+# Pieces of protocol-2 pickles, the dangerous ones among them: memo slots near and far,
+# references to them, containers, names, calls, and bytes that are no opcode at all.
+OPCODE_PIECES = st.one_of(
+    st.sampled_from(
+        [b"K\x07", b"U\x02u1", b"T\x03\x00\x00\x00abc", b"N", b"\x89", b"]", b"}", b")", b"("]
+        + [b"\x85", b"\x86", b"\x87", b"t", b"a", b"e", b"s", b"u", b"R", b"b", b"0"]
+        + [b"cnumpy\ndtype\n", b"cnumpy\nndarray\n", b"cnumpy.core.multiarray\n_reconstruct\n"]
+        + [b"cbuiltins\neval\n", b"h\x01h\x01\x86q\x01", b"(h\x01h\x01h\x01tq\x01"]
+    ),
+    st.integers(0, 3).map(lambda slot: b"q" + bytes([slot])),
+    st.integers(0, 3).map(lambda slot: b"h" + bytes([slot])),
+    st.sampled_from([2**16, 2**27, 2**31]).map(lambda slot: b"r" + struct.pack("<I", slot)),
+    st.binary(min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=1000)
+@given(pieces=st.lists(OPCODE_PIECES, max_size=80))
+def test_random_opcode_streams_end_quickly_in_little_memory(pieces):
+    """Whatever the opcodes, the reader ends within the deadline, in under 10 MB, with a
+    checked batch or one line."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        entries = data.read_cifar10_pickle(b"\x80\x02" + b"".join(pieces) + b".", "fuzzed")
+    except DataError as error:
+        assert "\n" not in str(error) and len(str(error)) < 300
+        entries = {}
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+    for value in entries.values():
+        assert isinstance(value, (bytes, int, list, np.ndarray))
 
 
 def test_no_download_names_the_offline_files(monkeypatch):

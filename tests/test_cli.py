@@ -167,6 +167,22 @@ def test_colour_data_mistakes_give_one_line_error(tmp_path, arguments, message):
     assert "\n" not in exit_info.value.code
 
 
+@pytest.mark.parametrize("output", [".", "out", "0/out"])
+def test_an_output_folder_inside_the_images_is_refused_before_anything_is_made(
+    tmp_path, monkeypatch, output
+):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "a.png").write_bytes(b"an image")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--dataset", "folder", "--data-dir", ".", "--output-dir", output])
+    assert exit_info.value.code == (
+        f"error: --output-dir {output} is inside --data-dir .: the run's models/, logs/ and "
+        "plots/ would be read as classes or images; choose an --output-dir outside it"
+    )
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["0", "a.png"]
+
+
 ONEDNN_STATE = """
 import json, sys
 sys.path.insert(0, {repo!r})

@@ -1,7 +1,10 @@
 """The data a user points the program at: read right, or refused with a clear error."""
 
 import gzip
+import os
+import re
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -188,8 +191,86 @@ def test_huge_declared_count_does_not_allocate_it(tmp_path):
         gzip.compress(struct.pack(">4i", IMAGES_MAGIC, 2**31 - 1, 28, 28) + bytes(28 * 28 * 10))
     )
     tracemalloc.start()
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="declares 2,147,483,647 images; this program reads 1 to"):
         data.read_idx(path, IMAGES_MAGIC)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 10 * 2**20  # the file holds ~8 KB; the header claims 1.6 TB
+    # A count within the limit, but more than the file holds: read in pieces, then refused.
+    path.write_bytes(gzip.compress(struct.pack(">4i", IMAGES_MAGIC, 250_000, 28, 28) + bytes(99)))
+    with pytest.raises(DataError, match=r"truncated \(99 of 196000000 data bytes present\)"):
+        data.read_idx(path, IMAGES_MAGIC)
+
+
+def test_a_pipe_or_a_device_in_place_of_a_file_is_refused(tmp_path):
+    write_dataset(tmp_path)
+    images = tmp_path / data.IDX_FILES["train_images"]
+    for make in (os.mkfifo, lambda path: os.symlink("/dev/zero", path)):
+        images.unlink()
+        make(images)
+        with pytest.raises(DataError, match=f"^{images}: not a regular file .*own files$"):
+            data.load_dataset("mnist", str(tmp_path))
+
+
+def write_npz(path, **arrays):
+    """A .npz of these arrays; an array given as (shape, dtype) is a header alone, with no
+    data, as a zip bomb or a lying file would declare it."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                if isinstance(array, tuple):
+                    shape, dtype = array
+                    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+                    np.lib.format.write_array_header_1_0(member, header)
+                else:
+                    np.lib.format.write_array(member, np.asarray(array))
+    return path
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([3, 200], np.uint8), "y_train must hold one label from 0 to 9 for each of the 2"),
+        (np.array([3, -1], np.int8), "y_train must hold one label from 0 to 9 for each of the 2"),
+        (np.array([[3], [4]]), "y_train must hold one label from 0 to 9 for each of the 2"),
+        (np.array([3.0, 4.0]), "x_train must hold 1 to 250,000 images, and y_train their integer"),
+    ],
+)
+def test_npz_labels_are_checked(tmp_path, labels, message):
+    images = np.zeros((2, 28, 28), np.uint8)
+    good = np.array([1, 2], np.uint8)
+    path = write_npz(
+        tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images, y_test=good
+    )
+    with pytest.raises(DataError, match=f"^{path}: {re.escape(message)}"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_an_npz_declaring_a_huge_shape_is_refused_before_reading(tmp_path):
+    import tracemalloc
+
+    images = np.zeros((2, 28, 28), np.uint8)
+    labels = np.array([1, 2], np.uint8)
+    write_npz(
+        tmp_path / "mnist.npz",
+        x_train=((2**40, 28, 28), np.uint8),
+        y_train=((2**40,), np.uint8),
+        x_test=images,
+        y_test=labels,
+    )
+    tracemalloc.start()
+    with pytest.raises(DataError, match="x_train must hold 1 to 250,000 images"):
+        data.load_dataset("mnist", str(tmp_path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 * 2**20
+    (x_train, y_train), _ = data._load_npz(
+        write_npz(
+            tmp_path / "honest.npz",
+            x_train=images,
+            y_train=labels.astype(np.int64),
+            x_test=images,
+            y_test=labels,
+        )
+    )
+    assert y_train.dtype == np.uint8 and y_train.tolist() == [1, 2]

@@ -1,6 +1,9 @@
 """--dataset folder: the user's own PNG / JPEG images, with or without class sub-folders."""
 
 import json
+import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -124,7 +127,10 @@ def test_folder_mistakes_give_one_sentence(tmp_path):
     write_pngs(tmp_path / "broken", [np.zeros((8, 8), np.uint8)] * 5)
     for path in (tmp_path / "broken").iterdir():
         path.write_bytes(b"not a picture")
-    assert "none of the 4 train files could be read as images" in refused(str(tmp_path / "broken"))
+    assert refused(str(tmp_path / "broken")).endswith(
+        "broken: none of its image files can be used; left out 5 files that could not be read "
+        "as images"
+    )
 
 
 def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
@@ -173,3 +179,48 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
         main.train(quick_config(tmp_path / "c", str(flat), dataset="folder", conditional=True))
     with pytest.raises(DataError, match="--plot-class 10: the images have 10 classes"):
         main.train(quick_config(tmp_path / "p", str(classes), dataset="folder", plot_class=10))
+
+
+def png_chunk(kind, payload):
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_header(width, height):
+    """A PNG as far as Pillow reads it to learn the size: its header, then pixel data that
+    stops at once (decoding it would fail, which the size check comes before)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"")
+
+
+def test_files_that_cannot_be_read_safely_are_left_out_and_counted(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_pngs(tmp_path, rng.integers(0, 256, (20, 12, 12, 3), dtype=np.uint8))
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for ever
+    os.symlink("/dev/zero", tmp_path / "zero.png")  # reading it would never end
+    (tmp_path / "huge.png").write_bytes(png_header(20000, 20000))  # 1.2 GB once decoded
+    Image.new("RGB", (1, 20000)).save(tmp_path / "thin.png")  # less than a pixel wide at 12
+    # Hidden: thumbnails and a Mac's resource files are not images of the set.
+    write_pngs(tmp_path / ".thumbnails", np.zeros((5, 12, 12), np.uint8))
+    (tmp_path / "._00000.png").write_bytes(b"resource fork")
+    loaded = data.load_images("folder", str(tmp_path), image_size=12, seed=0, test_split=0.25)
+    assert len(loaded.train_images) + len(loaded.test_images) == 20
+    assert loaded.class_names is None
+    assert (
+        "; left out 4 files: 1 of more than 50 million pixels, 2 that are not regular files, "
+        "1 too narrow to keep a pixel across at 12x12\n"
+    ) in capsys.readouterr().out
+
+
+def test_hidden_sub_folders_of_a_class_are_not_read(tmp_path):
+    write_pngs(tmp_path, np.zeros((10, 8, 8), np.uint8), labels=[0, 1] * 5)
+    write_pngs(tmp_path / "0" / ".cache", np.full((7, 8, 8), 255, np.uint8))
+    write_pngs(tmp_path / ".trash", np.full((7, 8, 8), 255, np.uint8), labels=[2] * 7)
+    loaded = data.load_images("folder", str(tmp_path), image_size=8, test_split=0.2)
+    assert loaded.class_names == ["0", "1"]
+    assert len(loaded.train_images) + len(loaded.test_images) == 10
+    assert loaded.train_images.max() == 0 and loaded.test_images.max() == 0

@@ -1,5 +1,6 @@
 """Interrupted, broken and hostile runs: nothing is lost, nothing wrong is loaded silently."""
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import callbacks
+import data
 import main
 import run_folder
 from callbacks import StopOnSignal
@@ -356,3 +358,142 @@ def test_corrupt_model_file_is_named(trained_run, tmp_path, damage):
         main.main(["--evaluate-only", "--output-dir", str(tmp_path)])
     assert "vae.keras: not a readable Keras model file" in str(exit_info.value.code)
     assert "\n" not in str(exit_info.value.code)
+
+
+def started_run(tmp_path, fingerprint="data-1", **overrides):
+    """A backup/run.json as a run leaves it at its start; returns the config."""
+    config = main.Config(output_dir=str(tmp_path), latent_dim=2, **overrides)
+    assert run_folder.prepare_run(config, True, fingerprint)[1] is False
+    return config
+
+
+def test_a_resume_checks_the_data_and_the_run_record(tmp_path):
+    config = started_run(tmp_path, run_name="first")
+    assert run_folder.prepare_run(config, True, "data-1") == ("first", True)
+    with pytest.raises(
+        main.RunError,
+        match=r"other images than Keras' download of mnist gives now: pass the --data-dir it "
+        "started with, or add --fresh",
+    ):
+        run_folder.prepare_run(config, True, "data-2")
+    run_file = tmp_path / "backup" / "run.json"
+    record = json.loads(run_file.read_text())
+    tampered = [
+        [record],
+        {**record, "settings": "dataset=mnist"},
+        {"run_name": "first"},
+        {**record, "run_name": "/tmp/elsewhere"},
+        {**record, "run_name": "../elsewhere"},
+    ]
+    for previous in tampered:
+        run_file.write_text(json.dumps(previous))
+        with pytest.raises(main.RunError, match=r"run.json: unreadable .*; add --fresh"):
+            run_folder.prepare_run(config, True, "data-1")
+    run_file.write_text(json.dumps(record)[:-10])  # cut short
+    with pytest.raises(main.RunError, match=r"run.json: unreadable"):
+        run_folder.prepare_run(config, True, "data-1")
+    fresh = main.Config(output_dir=str(tmp_path), latent_dim=2, fresh=True, run_name="../out")
+    with pytest.raises(main.RunError, match=r"--run-name \.\./out: give a folder name alone"):
+        run_folder.prepare_run(fresh, True, "data-1")
+
+
+def test_the_data_fingerprint_follows_every_pixel_label_and_name():
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    labels = np.array([0, 1, 0, 1])
+
+    def fingerprint(train_images=images, train_labels=labels, class_names=("a", "b")):
+        return data.ImageData(
+            train_images, train_labels, images, labels, list(class_names)
+        ).fingerprint()
+
+    changed_pixel = images.copy()
+    changed_pixel[3, 7, 7, 0] = 1 / 255
+    others = [
+        fingerprint(changed_pixel),
+        fingerprint(train_labels=np.array([0, 1, 1, 1])),
+        fingerprint(class_names=("a", "c")),
+        fingerprint(images.reshape(4, 8, 4, 2)),  # the same bytes, another shape
+    ]
+    assert fingerprint() == fingerprint() and len({fingerprint(), *others}) == 5
+
+
+def test_a_tampered_progress_record_stops_the_resume(tmp_path):
+    progress_file = tmp_path / "backup" / run_folder.PROGRESS_FILE
+    progress_file.parent.mkdir()
+    assert run_folder.read_progress(str(tmp_path), 14) == {}
+    honest = {"epochs_trained": 3, "training_seconds": 40.5, "best_val_loss": 140.2}
+    progress_file.write_text(json.dumps(honest))
+    assert run_folder.read_progress(str(tmp_path), 14) == honest
+    for name, value in (
+        ("best_val_loss", float("-inf")),
+        ("epochs_trained", 999),
+        ("training_seconds", "long"),
+    ):
+        progress_file.write_text(json.dumps({**honest, name: value}))
+        with pytest.raises(main.RunError, match=rf"progress.json: {name} {value} is not a value"):
+            run_folder.read_progress(str(tmp_path), 14)
+    progress_file.write_text(json.dumps([honest]))
+    with pytest.raises(main.RunError, match=r"progress.json: not a run's record; add --fresh"):
+        run_folder.read_progress(str(tmp_path), 14)
+    progress_file.write_text('{"epochs_trained": 3, "train')
+    with pytest.raises(main.RunError, match=r"progress.json: unreadable"):
+        run_folder.read_progress(str(tmp_path), 14)
+
+
+def backup_callback(backup_dir, epochs=14):
+    callback = callbacks.FiniteBackupAndRestore(str(backup_dir), double_checkpoint=True)
+    callback.set_params({"epochs": epochs})
+    return callback
+
+
+def test_a_damaged_keras_training_record_falls_back_to_the_epoch_before_or_stops(tmp_path, capsys):
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    metadata = backup / "training_metadata.json"
+    for damaged in ('{"epoch": 4, "ba', '{"epoch": 999, "batch": 0}', '{"epoch": "4"}'):
+        metadata.write_text(damaged)
+        with pytest.raises(main.RunError, match=r"training_metadata.json: damaged, or not writ"):
+            backup_callback(backup).check_training_metadata()
+    # With the previous epoch's copies (as a kill during the write leaves them): those.
+    (backup / "latest.weights.h5.bkp").write_bytes(b"epoch 3's weights")
+    (backup / "training_metadata.json.bkp").write_text('{"epoch": 3, "batch": 0}')
+    (backup / "latest.weights.h5").write_bytes(b"epoch 4's weights")
+    metadata.write_text('{"epoch": 4, "ba')
+    backup_callback(backup).check_training_metadata()
+    assert json.loads(metadata.read_text())["epoch"] == 3
+    assert (backup / "latest.weights.h5").read_bytes() == b"epoch 3's weights"
+    assert "training_metadata.json was damaged; resuming from the epoch before" in (
+        capsys.readouterr().out
+    )
+
+
+def test_links_where_the_run_writes_are_not_followed(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / ".lock").symlink_to(precious)
+    with (
+        pytest.raises(main.RunError, match=r"cannot open .*\.lock .*symbolic link, remove it"),
+        run_folder.output_lock(str(output)),
+    ):
+        pass
+    assert precious.read_text() == "keep me"
+    # --fresh with backup/ a link to another run's backup: the link goes, the run starts anew.
+    config = started_run(tmp_path / "elsewhere")
+    (output / "backup").symlink_to(tmp_path / "elsewhere" / "backup")
+    fresh = dataclasses.replace(config, output_dir=str(output), fresh=True)
+    assert run_folder.prepare_run(fresh, True, "data-1")[1] is False
+    assert not (output / "backup").is_symlink()
+    assert (tmp_path / "elsewhere" / "backup" / "run.json").exists()
+
+
+def test_saves_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    run_folder.write_atomically(str(tmp_path / "metrics.json"), "{}")
+    assert synced == [str(tmp_path / "metrics.json.partial"), str(tmp_path)]
+    assert (tmp_path / "metrics.json").read_text() == "{}"

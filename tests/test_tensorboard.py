@@ -140,3 +140,26 @@ def test_sprite_lays_the_images_out_row_by_row_from_the_top_left():
     assert picture.shape == (6, 6, 1) and picture.dtype == np.uint8
     tiles = picture[::2, ::2, 0]
     np.testing.assert_array_equal(tiles, [[0, 26, 51], [76, 102, 0], [0, 0, 0]])
+
+
+ODD_NAMES = ["$\\frac{$", "a\tb", "two\nlines", "$x$ and $", "plain"]
+
+
+def test_odd_class_names_are_drawn_and_listed_as_written(tmp_path):
+    import plotting
+
+    z_mean = np.random.default_rng(0).standard_normal((10, 2)).astype(np.float32)
+    labels = np.arange(10) % len(ODD_NAMES)
+    figure = plotting.latent_space_figure(z_mean, labels, ODD_NAMES)
+    figure.canvas.draw()  # a name that matplotlib read as mathematics would stop here
+    shown = [label.get_text() for label in figure.axes[1].get_yticklabels()]
+    assert [text.replace("\\$", "$") for text in shown] == [
+        name.replace("\t", " ") for name in ODD_NAMES
+    ]
+    assert plotting.figure_png(figure).startswith(b"\x89PNG")
+    assert projector.metadata_lines([0, 1, 2], ODD_NAMES).splitlines() == [
+        "class\tname",
+        "0\t$\\frac{$",
+        "1\ta b",
+        "2\ttwo lines",
+    ]
