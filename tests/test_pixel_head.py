@@ -188,3 +188,40 @@ def test_a_head_started_from_data_predicts_each_pixel_as_its_left_neighbour():
     ).sum(axis=(1, 2, 3))
     nats = np.asarray(pixel_head.mixture_nats(images, parameters, 2))
     np.testing.assert_allclose(nats, expected, rtol=1e-4)
+
+
+def test_training_gives_each_latent_dimension_its_free_nats_and_reports_the_true_kl():
+    model = vae_module.build_vae(
+        image_size=8,
+        channels=3,
+        latent_dim=4,
+        filters=4,
+        hidden_units=8,
+        hidden_layers=1,
+        dense_activation="gelu",
+        conv_bias=False,
+        beta=1.0,
+        seed=0,
+        likelihood="autoregressive",
+    )
+    images = keras.ops.convert_to_tensor(np.random.default_rng(7).uniform(size=(2, 8, 8, 3)))
+    z = keras.ops.zeros((2, 4))
+    decoded = model.decode_for_loss(z, images)
+    # A posterior equal to the prior: no information in z, a KL of 0 in every dimension.
+    y_pred = {**decoded, "z_mean": z, "z_log_var": z}
+    head_nats = float(keras.ops.mean(model.reconstruction_nats(images, decoded)))
+    image_nats = float(
+        keras.ops.mean(
+            vae_module.reconstruction_nats(images, decoded["logits"], "discretized_logistic")
+        )
+    )
+    model.kl_weight.assign(0.5)
+    training = float(model.compute_loss(images, y_pred=y_pred, training=True))
+    weight = vae_module.DECODER_IMAGE_WEIGHT
+    expected = head_nats + weight * image_nats + 0.5 * 4 * vae_module.FREE_NATS
+    assert training == pytest.approx(expected, rel=1e-5)
+    assert float(model.kl_loss_tracker.result()) == 0.0
+    # Validation: the true negative ELBO alone.
+    assert float(model.compute_loss(images, y_pred=y_pred, training=False)) == pytest.approx(
+        head_nats, rel=1e-5
+    )
