@@ -36,7 +36,6 @@ BFLOAT16_SPEED_MARGIN = 0.9
 # the weight of the decoder's own image in its training loss (VAE).
 PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 DECODER_IMAGE_WEIGHT = 0.1
-FREE_NATS = 0.125  # per latent dimension, with the pixel head (VAE.compute_loss)
 
 
 def build_encoder(
@@ -208,14 +207,9 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def kl_per_dimension(z_mean, z_log_var):
-    """KL(q(z_d|x) || N(0, 1)) of each latent dimension d."""
-    return -0.5 * (1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
-
-
 def kl_divergence(z_mean, z_log_var):
     """KL(q(z|x) || N(0, I)) per image, summed over the latent dimensions."""
-    return ops.sum(kl_per_dimension(z_mean, z_log_var), axis=-1)
+    return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
 
 
 def reconstruction_nats(images, logits, likelihood="bernoulli"):
@@ -271,8 +265,7 @@ class VAE(keras.Model):
     given z and the pixels before it. The decoder's own image, a logistic per value given z
     alone, is then trained beside it with weight DECODER_IMAGE_WEIGHT: it keeps z carrying
     the picture (a head that sees the neighbours could otherwise code the images without
-    z), and it is what the saved decoder draws in one pass. Its training KL term also
-    gives each latent dimension FREE_NATS for nothing (free bits), for the same reason.
+    z), and it is what the saved decoder draws in one pass.
     """
 
     def __init__(
@@ -377,15 +370,10 @@ class VAE(keras.Model):
         kl_weight = (
             ops.copy(self.kl_weight) if training else 1.0
         )  # this step's, a copy: it changes below
-        if training and self.pixel_head is not None:
-            # Free bits (Kingma et al., 2016): each latent dimension's first FREE_NATS of KL
-            # cost nothing while training, so z is worth using before the head learns to
-            # code the images without it; the figures reported keep the whole KL.
-            per_dimension = kl_per_dimension(y_pred["z_mean"], y_pred["z_log_var"])
-            kl_loss = ops.sum(ops.maximum(ops.mean(per_dimension, axis=0), FREE_NATS))
-            decoder_image_nats = reconstruction_nats(images, y_pred["logits"], self.likelihood)
-            reconstruction_loss += DECODER_IMAGE_WEIGHT * ops.mean(decoder_image_nats)
         loss = reconstruction_loss + kl_weight * kl_loss
+        if training and self.pixel_head is not None:
+            decoder_image_nats = reconstruction_nats(images, y_pred["logits"], self.likelihood)
+            loss = loss + DECODER_IMAGE_WEIGHT * ops.mean(decoder_image_nats)
         if training and self.kl_warmup_steps:
             # Inside the step, so the weight rises smoothly on every backend (a callback
             # setting it each batch would force JAX to copy the whole state every step).
