@@ -357,3 +357,29 @@ def test_evaluate_only_writes_the_same_page_again(explorer_run, mnist_dir):
         + ["--limit", str(LIMIT), "--iw-samples", "2"]
     )
     assert path.read_bytes() == written
+
+
+def test_the_page_keeps_under_its_size_limit_with_pictures_that_do_not_compress(
+    tmp_path, monkeypatch
+):
+    """Noise for test images and for what the decoder draws: the page takes fewer test
+    images and a coarser grid, and stays within its limit (here a twelfth of the real one,
+    for 16x16 colour images)."""
+    import keras
+
+    monkeypatch.setattr(explorer, "PAGE_LIMIT", 400_000)
+    size, channels = 16, 3
+    image = keras.Input((size, size, channels))
+    flat = keras.layers.Flatten()(image)
+    encoder = keras.Model(image, [keras.layers.Dense(2)(flat), keras.layers.Dense(2)(flat)])
+    z = keras.Input((2,))
+    noise = keras.initializers.RandomNormal(stddev=20.0, seed=1)  # every pixel its own value
+    pixels = keras.layers.Dense(size * size * channels, "sigmoid", kernel_initializer=noise)(z)
+    decoder = keras.Model(z, keras.layers.Reshape((size, size, channels))(pixels))
+    images = np.random.default_rng(0).uniform(0, 1, (600, size, size, channels)).astype("float32")
+    path = tmp_path / "explorer.html"
+    written = explorer.write_explorer(encoder, decoder, images, None, None, path)
+    assert written == path.stat().st_size <= 400_000
+    data = json.loads(path.read_text().split('type="application/json">')[1].split("</script>")[0])
+    assert explorer.COARSEST_GRID < data["cells"] < explorer.FINEST_GRID
+    assert 0 < len(data["points"]["u"]) < 600  # not every test image fits
