@@ -251,7 +251,7 @@ def explorer_run(tmp_path_factory, mnist_dir):
     return output_dir, decoder
 
 
-def test_the_page_decodes_where_the_pointer_is(explorer_run, browser, mnist_dir):
+def test_the_page_decodes_where_the_pointer_is(browser, explorer_run, mnist_dir):
     output_dir, decoder = explorer_run
     path = output_dir / "plots" / "explorer.html"
     assert path.stat().st_size <= explorer.PAGE_LIMIT
