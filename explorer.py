@@ -165,15 +165,14 @@ def grid_sheets(decoder, origin, axes, square, labels, budget):
             images = decode_plane(decoder, origin, axes, grid_points(cells, square), label)
             grids.append(eight_bit(images).reshape(cells, cells, *images.shape[1:]))
             sheets.append(sheet_uri(images, cells))
-            # The first sheet's size says how many cells every class can have.
-            estimate = len(sheets[0]) * len(labels)
-            if estimate > budget and cells > COARSEST_GRID:
+            # The first class's sheet tells what every class's takes: too much, stop early.
+            if len(sheets[0]) * len(labels) > budget and cells > COARSEST_GRID:
                 break
-        size = sum(map(len, sheets))
-        if len(sheets) == len(labels) and size <= budget or cells == COARSEST_GRID:
-            return cells, grids, sheets
-        measured = max(size, estimate)
-        cells = max(COARSEST_GRID, min(cells - 1, int(cells * math.sqrt(budget / measured) * 0.97)))
+        else:
+            if sum(map(len, sheets)) <= budget or cells == COARSEST_GRID:
+                return cells, grids, sheets
+        size = max(sum(map(len, sheets)), len(sheets[0]) * len(labels))
+        cells = max(COARSEST_GRID, min(cells - 1, int(cells * math.sqrt(budget / size) * 0.97)))
 
 
 def explorer_data(encoder, decoder, test_images, test_labels, class_names):
@@ -257,7 +256,14 @@ def page(data):
     plane, method = describe(data)
     points = data["points"]
     shown = len(points["u"])
+    (centre_u, centre_v), half = data["centre"], data["half"]
+    outside = sum(
+        max(abs(u - centre_u), abs(v - centre_v)) > half
+        for u, v in zip(points["u"], points["v"], strict=True)
+    )
     scatter = f"Test images' z_mean: the first {shown:,} of {points['of']:,}"
+    if outside:
+        scatter += f" ({outside:,} outside the square)"
     if data["latent_dim"] > 2:
         scatter += ", principal components 1 and 2"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
@@ -335,7 +341,7 @@ them</figcaption></figure>
 const D = JSON.parse(document.getElementById("explorer-data").textContent);
 const S = D.image_size, N = D.cells, H = D.half, [CU, CV] = D.centre, P = D.points;
 const $ = (id) => document.getElementById(id);
-const state = { u: null, v: null, label: 0, pins: [], hovered: -1, updates: 0, drawMs: 0 };
+const state = { u: null, v: null, label: 0, pins: [], hovered: -1, updates: 0, drawMs: [] };
 window.explorer = { state, ready: false };
 const scatter = $("scatter"), W = scatter.width;
 const pixel = (u, v) => [(u - CU + H) / (2 * H) * W, (H - (v - CV)) / (2 * H) * W];
@@ -433,7 +439,7 @@ function draw() {
   }
   drawScatter();
   state.updates += 1;
-  state.drawMs = performance.now() - start;
+  state.drawMs = [...state.drawMs.slice(-99), performance.now() - start];  // the last 100
 }
 const redraw = () => { if (!pending) { pending = true; requestAnimationFrame(draw); } };
 
