@@ -25,6 +25,7 @@ Outputs (under --output-dir, default here):
     models/encoder.keras, decoder.keras   load with plain `import keras`
     models/metrics.json              test negative ELBO and importance-weighted NLL
     plots/*.png                      latent space, manifold, reconstructions, samples, ...
+    plots/explorer.html              the latent-space explorer: decodes wherever you point
     backup/                          state of an unfinished run; the same command resumes it
 
 This file is the settings, the command line and the story of a run, in the order the
@@ -33,9 +34,9 @@ program runs: Config (every setting, and the flags made from it), Data, Model, T
 `show_in_projector`), Plots and Command line (`main`). The parts it tells the story with
 live beside it: data.py (reading and checking the images), vae.py (the model), callbacks.py
 (the Keras callbacks of a run), run_folder.py (the output folder's lock, resuming, and
-saves that are never half-written), evaluation.py, plotting.py, projector.py (TensorBoard's
-Projector), flops.py (what a step costs, for the time estimate) and distribution.py
-(--distribute).
+saves that are never half-written), evaluation.py, plotting.py, explorer.py (the explorer
+page), projector.py (TensorBoard's Projector), flops.py (what a step costs, for the time
+estimate) and distribution.py (--distribute).
 """
 
 import argparse
@@ -62,6 +63,7 @@ import numpy as np
 import data
 import distribution
 import evaluation
+import explorer
 import plotting
 from callbacks import (
     AtomicModelCheckpoint,
@@ -936,7 +938,15 @@ def draw_plots(vae, config, images):
         plot_class=config.plot_class,
         draw=None if vae.pixel_head is None else functools.partial(vae.draw, seed=config.seed),
     )
-    print(f"Plots in {plots_dir}")
+    explorer.write_explorer(
+        vae.encoder,
+        vae.decoder,
+        images.test_images,
+        images.test_labels,
+        images.class_names,
+        os.path.join(plots_dir, "explorer.html"),
+    )
+    print(f"Plots in {plots_dir}; open explorer.html in a browser to move through z")
 
 
 """

@@ -74,11 +74,18 @@ def take(labels, index):
     return None if labels is None else labels[index]
 
 
+def principal_plane(points, count=2):
+    """(mean, axes): the points' mean and their first `count` principal axes, one per row
+    (numpy SVD); a point's coordinates in that plane are (point - mean) @ axes.T."""
+    mean = points.mean(axis=0)
+    _, _, axes = np.linalg.svd(points - mean, full_matrices=False)
+    return mean, axes[:count]
+
+
 def principal_components(points, count=2):
     """Project points onto their first `count` principal axes (numpy SVD)."""
-    centred = points - points.mean(axis=0)
-    _, _, axes = np.linalg.svd(centred, full_matrices=False)
-    return centred @ axes[:count].T
+    mean, axes = principal_plane(points, count)
+    return (points - mean) @ axes.T
 
 
 def show(axes, picture):

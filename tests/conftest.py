@@ -71,6 +71,7 @@ RUN_OUTPUTS = (
     "plots/reconstructions.png",
     "plots/samples.png",
     "plots/interpolation.png",
+    "plots/explorer.html",
 )
 
 

@@ -157,6 +157,7 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
     assert elbo["classes"] == pytest.approx(elbo["idx"], rel=0.05), elbo
     assert elbo["flat"] == pytest.approx(elbo["idx"], rel=0.05), elbo
     assert (tmp_path / "flat" / "plots" / "interpolation.png").exists()
+    assert '"class_names":null' in (tmp_path / "flat" / "plots" / "explorer.html").read_text()
 
     (sprite,) = (tmp_path / "classes").glob("logs/*/projector/sprite.png")  # the test images
     held_out = sprite.read_bytes()
