@@ -62,6 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.reports import (  # noqa: E402  (after the path above)
     backends_table,
+    coders_line,
     machine_description,
     markdown_table,
     plot_quality,
@@ -308,6 +309,7 @@ def main(argv=None):
     ):
         if table:
             print(f"\n{table}")
+    print(f"\n{coders_line(results['default'])}")
     print(
         f"\nfloat32 matmul peak {matmul['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
         f"{matmul['bfloat16']['gflops']:,.1f} GFLOP/s. Report: {output_dir / 'benchmark.md'}, "

@@ -4,6 +4,7 @@ and the plot of the test -ELBO against training FLOPs and seconds.
 Everything here is pure: it reads the workers' results and times nothing.
 """
 
+import math
 import os
 import platform
 import statistics
@@ -260,6 +261,19 @@ def schedules_table(schedules, matmul):
     return "\n".join(rows)
 
 
+def coders_line(result):
+    """What PNG and lossless WebP spend on a run's test images, beside its own final figure
+    in bits per dimension (the same test images, each coded alone)."""
+    coders, values = result["coders"], result["values_per_image"]
+    final = result["epochs"][-1]["val_loss"] / (values * math.log(2))
+    likelihood = result["config"]["likelihood"]
+    return (
+        f"Lossless coders on {coders['coder_images']:,} of the test images: PNG "
+        f"{coders['png_bits_per_dim']:.3f} bits/dim, WebP {coders['webp_bits_per_dim']:.3f}; "
+        f"{result['name']}'s final test -ELBO {final:.3f} bits/dim ({likelihood})"
+    )
+
+
 def write_markdown(path, report):
     results, summary, machine, matmul = (
         report["results"],
@@ -294,6 +308,7 @@ def write_markdown(path, report):
         f"- Data: {default['train_images']:,} training and {default['test_images']:,} test "
         f"images of {settings['dataset']} ({subset}). Test -ELBO is `val_loss`: the negative "
         "ELBO on the test images in nats/image, one z sample per image.",
+        f"- {coders_line(default)}",
         f"- default: {default['description']}.",
         f"- baseline: {results['baseline']['description']}.",
         "- Times are training wall-clock seconds from the start of `fit`, validation passes "

@@ -211,6 +211,7 @@ def run_training_worker(name, args):
     import keras
 
     import data
+    import evaluation
     import main
     from callbacks import plural
 
@@ -295,6 +296,9 @@ def run_training_worker(name, args):
         "parameters": int(model.count_params()),
         "train_images": len(train_images),
         "test_images": len(test_images),
+        # What general-purpose lossless coders spend on the same test images (bits/dim).
+        "coders": evaluation.coder_bits_per_dimension(test_images),
+        "values_per_image": int(test_images[0].size),
         "batch_size": batch_size,
         "forward_flops_per_image": forward,
         "train_flops_per_image": training,

@@ -282,3 +282,17 @@ def test_the_benchmarks_default_run_is_the_one_main_py_trains(tmp_path, mnist_di
     )
     for name in ("loss", "val_loss"):
         assert result["epochs"][0][name] == pytest.approx(history.history[name][0], rel=1e-6)
+
+
+def test_the_coders_line_puts_the_final_figure_in_bits_per_dimension():
+    result = {
+        "name": "default",
+        "coders": {"coder_images": 1000, "png_bits_per_dim": 1.5, "webp_bits_per_dim": 1.25},
+        "values_per_image": 1024,
+        "epochs": [{"val_loss": 500.0}, {"val_loss": 1024 * math.log(2) * 0.75}],
+        "config": {"likelihood": "discretized_logistic"},
+    }
+    assert reports.coders_line(result) == (
+        "Lossless coders on 1,000 of the test images: PNG 1.500 bits/dim, WebP 1.250; "
+        "default's final test -ELBO 0.750 bits/dim (discretized_logistic)"
+    )
