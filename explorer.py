@@ -34,7 +34,7 @@ POINTS_SHARE = 0.35  # of PAGE_LIMIT, at most, for those test images and reconst
 PAGE_TEXT = 40_000  # bytes kept for the page's HTML, script and coordinates
 RANDOM_CHECKS = 500  # random points, besides every cell's centre, where the error is measured
 INTERPOLATION_STEPS = 10
-VIEW_QUANTILE = 99  # percent of the test points that the visible square holds at least
+VIEW_QUANTILE = 99  # percent: the middle of the test points, along each axis, in the square
 UNLABELLED_COLOUR = "#1f77b4"  # matplotlib's first colour, as in latent_space.png
 
 
@@ -46,7 +46,8 @@ def latent_plane(z_mean):
     if latent_dim == 2:
         origin, axes = np.zeros(2), np.eye(2)
     else:
-        origin, axes = plotting.principal_plane(z_mean.astype(np.float64))
+        # As latent_space.png computes them (in z_mean's float32: the axes' signs match).
+        origin, axes = (part.astype(np.float64) for part in plotting.principal_plane(z_mean))
     return origin, axes, (z_mean - origin) @ axes.T
 
 

@@ -22,6 +22,7 @@ import pytest
 
 import data as data_module
 import explorer
+import plotting
 from conftest import quick_config, small_vae
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -332,6 +333,10 @@ def test_a_conditional_colour_page_decodes_the_chosen_class(tmp_path, browser):
     data = page.data
     assert data["conditional"] and len(data["grids"]) == 10 and data["channels"] == 3
     assert "principal components" in page.text()
+    # The plane of latent_space.png: the test images' first two principal components.
+    z_mean = plotting.encode(model.encoder, images, labels)
+    plane = np.stack([data["points"]["u"], data["points"]["v"]], axis=1)
+    assert np.allclose(plane, plotting.principal_components(z_mean), atol=1e-4)
 
     origin, axes = np.array(data["origin"]), np.array(data["axes"])
     pictures = {}
