@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import entr, logsumexp
 
 from data import one_hot
-from vae import kl_divergence
+from vae import jit_compile, kl_divergence
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
@@ -79,8 +79,7 @@ def sample_nats_model(vae):
     scorer = keras.Model(
         [*decoder_inputs, image], vae.reconstruction_nats(image, decoded), name="sample_nats"
     )
-    # As in training: XLA fuses the pixel head's mixture (see main.make_model).
-    scorer.compile(jit_compile=vae.pixel_head is not None or "auto")
+    scorer.compile(jit_compile=jit_compile(vae))  # as in training
     return scorer
 
 

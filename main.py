@@ -93,7 +93,13 @@ from run_folder import (
     save_models,
     write_atomically,
 )
-from vae import LIKELIHOOD_PARAMETERS, FusedAdam, build_vae, fastest_dtype_policy
+from vae import (
+    LIKELIHOOD_PARAMETERS,
+    FusedAdam,
+    build_vae,
+    fastest_dtype_policy,
+    jit_compile,
+)
 
 """
 ## Config
@@ -400,20 +406,20 @@ def settled(config, colour=None, train_count=None):
             raise ValueError("a folder's colour is known once it is read: pass its images' colour")
         config = dataclasses.replace(config, colour=colour)
     defaults = COLOUR_DEFAULTS[config.colour]
+    batch_size = config.batch_size or defaults["batch_size"]
+    if train_count is not None and not config.batch_size:
+        # A small data set takes smaller batches: an epoch of at least MIN_EPOCH_STEPS steps.
+        while batch_size > MIN_BATCH_SIZE and train_count < MIN_EPOCH_STEPS * batch_size:
+            batch_size //= 2
     config = dataclasses.replace(
         config,
         latent_dim=config.latent_dim or defaults["latent_dim"],
         likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
         learning_rate=config.learning_rate or defaults["learning_rate"],
+        batch_size=batch_size,
     )
     if train_count is None:
-        return dataclasses.replace(config, batch_size=config.batch_size or defaults["batch_size"])
-    batch_size = config.batch_size or defaults["batch_size"]
-    if not config.batch_size:
-        # A small data set takes smaller batches: an epoch of at least MIN_EPOCH_STEPS steps.
-        while batch_size > MIN_BATCH_SIZE and train_count < MIN_EPOCH_STEPS * batch_size:
-            batch_size //= 2
-    config = dataclasses.replace(config, batch_size=batch_size)
+        return config
     steps_per_epoch = math.ceil(train_count / config.batch_size)
     epochs = config.epochs or max(
         defaults["epochs"], math.ceil(defaults["steps"] / steps_per_epoch)
@@ -563,11 +569,7 @@ def make_model(config, train_size, num_classes=data.NUM_CLASSES):
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    # XLA fuses the pixel head's mixture, dozens of element-wise steps per value, into a few
-    # passes; the other likelihoods keep TensorFlow's kernels, which they were tuned on.
-    vae.compile(
-        optimizer=FusedAdam(learning_rate), jit_compile=vae.pixel_head is not None or "auto"
-    )
+    vae.compile(optimizer=FusedAdam(learning_rate), jit_compile=jit_compile(vae))
     return vae
 
 

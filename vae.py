@@ -263,9 +263,9 @@ class VAE(keras.Model):
 
     The "autoregressive" likelihood has a `pixel_head` (pixel_head.py): it scores each pixel
     given z and the pixels before it. The decoder's own image, a logistic per value given z
-    alone, is then trained beside it with weight DECODER_IMAGE_WEIGHT: it keeps z carrying
-    the picture (a head that sees the neighbours could otherwise code the images without
-    z), and it is what the saved decoder draws in one pass.
+    alone, is then trained beside it with weight DECODER_IMAGE_WEIGHT: it is what the saved
+    decoder draws in one pass, and it gives z a reason to carry the picture, which a head
+    that sees the neighbours can otherwise code without z.
     """
 
     def __init__(
@@ -479,6 +479,16 @@ class FusedAdam(keras.optimizers.Adam):
             epsilon=ops.cast(self.epsilon, dtype),
             grad=ops.cast(gradient, dtype),
         )
+
+
+def jit_compile(vae):
+    """What `compile(jit_compile=...)` should say for this VAE: XLA for a pixel head on
+    TensorFlow, where it fuses the mixture's dozens of element-wise steps per value into a
+    few passes; elsewhere Keras' own choice ("auto": XLA on JAX; TensorFlow's kernels on a
+    CPU, which the other likelihoods were tuned on; none on PyTorch)."""
+    if vae.pixel_head is not None and keras.backend.backend() == "tensorflow":
+        return True
+    return "auto"
 
 
 def build_vae(*, beta, seed, likelihood, dtype_policy=None, **architecture):
