@@ -473,6 +473,9 @@ def test_a_conditional_colour_model_at_64_pixels(tmp_path, cifar10_archive):
             latent_dim=2,
             image_every=0,
             plot_class=0,
+            # The pixel head would draw its samples pixel by pixel, 4,096 steps at 64x64:
+            # this test is of the conditional model's shapes and plots.
+            likelihood="discretized_logistic",
         )
     )
     assert vae.decoder.output.shape == (None, 64, 64, 3) and vae.num_classes == 10
