@@ -90,7 +90,35 @@ def forward_flops(*models):
     return sum(per_layer.values()), per_layer
 
 
+def pixel_head_flops(head, pixels):
+    """FLOPs of one image's forward pass through a pixel head (pixel_head.py). Its spatial
+    size is left open, so its layers' shapes cannot say it: each convolution keeps the
+    image's size, so it costs its multiply-adds per position times the `pixels`."""
+    from keras import layers
+
+    return (
+        2
+        * pixels
+        * sum(
+            math.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters
+            for layer in _walk_layers([head])
+            if isinstance(layer, layers.Conv2D)
+        )
+    )
+
+
+def decoder_flops(vae):
+    """FLOPs of one decoding of an image: the decoder and, if the VAE has one, its pixel
+    head."""
+    forward = forward_flops(vae.decoder)[0]
+    if getattr(vae, "pixel_head", None) is not None:
+        forward += pixel_head_flops(vae.pixel_head, math.prod(vae.decoder.output.shape[1:-1]))
+    return forward
+
+
 def vae_flops(vae):
-    """(forward FLOPs per image, training FLOPs per image, per-layer forward FLOPs) of a VAE."""
-    forward, per_layer = forward_flops(vae.encoder, vae.decoder)
+    """(forward FLOPs per image, training FLOPs per image, per-layer forward FLOPs) of a VAE
+    (per layer: the encoder's and decoder's; the total counts a pixel head too)."""
+    _, per_layer = forward_flops(vae.encoder, vae.decoder)
+    forward = forward_flops(vae.encoder)[0] + decoder_flops(vae)
     return forward, TRAINING_FLOPS_PER_FORWARD * forward, per_layer

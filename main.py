@@ -79,7 +79,7 @@ from callbacks import (
     raise_terminated,
 )
 from data import DataError
-from flops import forward_flops, vae_flops
+from flops import decoder_flops, forward_flops, vae_flops
 from projector import projector_sample, write_projector
 from run_folder import (
     RunError,
@@ -657,8 +657,9 @@ def make_callbacks(config, run_name, vae, train_count, images, progress, is_chie
 
 
 def evaluation_flops(vae, samples):
-    """FLOPs of evaluation.py per test image: the encoder once, the decoder `samples` times."""
-    return forward_flops(vae.encoder)[0] + samples * forward_flops(vae.decoder)[0]
+    """FLOPs of evaluation.py per test image: the encoder once, the decoder (with its pixel
+    head) `samples` times."""
+    return forward_flops(vae.encoder)[0] + samples * decoder_flops(vae)
 
 
 def train(config):

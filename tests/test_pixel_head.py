@@ -188,3 +188,13 @@ def test_a_head_started_from_data_predicts_each_pixel_as_its_left_neighbour():
     ).sum(axis=(1, 2, 3))
     nats = np.asarray(pixel_head.mixture_nats(images, parameters, 2))
     np.testing.assert_allclose(nats, expected, rtol=1e-4)
+
+
+def test_a_pixel_heads_flops_are_its_convolutions_at_every_pixel():
+    import flops
+
+    head = small_head(channels=3, depth=1, components=2)
+    # Per pixel: above 3x7x3x8, left 1x3x3x8, from the features 4x8, one 8x8 layer, and the
+    # parameters 8 x 2 x (1 + 3 + 3 + 3).
+    per_pixel = 3 * 7 * 3 * 8 + 3 * 3 * 8 + 4 * 8 + 8 * 8 + 8 * 20
+    assert flops.pixel_head_flops(head, 8 * 8) == 2 * 64 * per_pixel
