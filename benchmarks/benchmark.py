@@ -88,10 +88,14 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 DEFAULT_OUTPUT_DIR = REPO / "benchmarks" / "results"
 
 BUDGETS = (0.25, 0.5, 1.0)  # shares of a default run's training FLOPs
+SEEDS = (1, 2, 3)  # the default at budget 1: one seed's figure says little
+BACKEND_SEEDS = (1, 2, 3, 4, 5)
 # --quick: a subset in the ratio of main's --limit (N training, N // 6 test images).
 QUICK_LIMIT = 6000
 QUICK_EPOCHS = 3
 QUICK_BUDGETS = (0.5, 1.0)
+QUICK_SEEDS = (1,)
+QUICK_BACKEND_SEEDS = (1, 2)
 
 
 """
@@ -99,111 +103,169 @@ QUICK_BUDGETS = (0.5, 1.0)
 """
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+def joined(values):
+    """`values` as the help text and the command line write them: 0.25 0.5 1.0."""
+    return " ".join(map(str, values))
+
+
+# Every flag once: its name and argparse's options. The flags with no default here get
+# theirs in fill_defaults, as they differ with --quick; each help text names its default.
+FLAGS = (
+    (
         "--quick",
-        action="store_true",
-        help=f"a few minutes: first {QUICK_LIMIT} training and {QUICK_LIMIT // 6} test images, "
-        f"a default run of {QUICK_EPOCHS} epochs, budgets {' '.join(map(str, QUICK_BUDGETS))}",
-    )
-    parser.add_argument(
+        dict(
+            action="store_true",
+            help=f"a few minutes: first {QUICK_LIMIT} training and {QUICK_LIMIT // 6} test images, "
+            f"a default run of {QUICK_EPOCHS} epochs, budgets {joined(QUICK_BUDGETS)}",
+        ),
+    ),
+    (
         "--limit",
-        type=int,
-        default=None,
-        help="first N training and N // 6 test images, as main.py's --limit (default: all; "
-        f"--quick: {QUICK_LIMIT})",
-    )
-    parser.add_argument(
+        dict(
+            type=int,
+            help="first N training and N // 6 test images, as main.py's --limit (default: all; "
+            f"--quick: {QUICK_LIMIT})",
+        ),
+    ),
+    (
         "--epochs-default",
-        type=int,
-        default=None,
-        help="epochs of a default run, the unit of the budgets (default: main.Config().epochs; "
-        f"--quick: {QUICK_EPOCHS})",
-    )
-    parser.add_argument(
+        dict(
+            type=int,
+            help="epochs of a default run, the unit of the budgets (default: main.Config().epochs; "
+            f"--quick: {QUICK_EPOCHS})",
+        ),
+    ),
+    (
         "--budgets",
-        type=float,
-        nargs="+",
-        default=None,
-        help="each model trains complete schedules at these shares of a default run's training "
-        f"FLOPs (default: {' '.join(map(str, BUDGETS))}; --quick: "
-        f"{' '.join(map(str, QUICK_BUDGETS))})",
-    )
-    parser.add_argument(
+        dict(
+            type=float,
+            nargs="+",
+            help="each model trains complete schedules at these shares of a default run's training "
+            f"FLOPs (default: {joined(BUDGETS)}; --quick: {joined(QUICK_BUDGETS)})",
+        ),
+    ),
+    (
         "--dataset",
-        default="mnist",
-        choices=DATASETS,
-        help="what every row trains on, as main.py's --dataset; the baseline then takes this "
-        "program's likelihood of those images (default: mnist)",
-    )
-    parser.add_argument(
+        dict(
+            default="mnist",
+            choices=DATASETS,
+            help="what every row trains on, as main.py's --dataset; the baseline then takes this "
+            "program's likelihood of those images (default: mnist)",
+        ),
+    ),
+    (
         "--data-dir",
-        default=None,
-        help="offline data, as main.py's --data-dir (default: for mnist ../shared/data/mnist if "
-        "it exists; else Keras' download)",
-    )
-    parser.add_argument(
+        dict(
+            help="offline data, as main.py's --data-dir (default: for mnist ../shared/data/mnist "
+            "if it exists; else Keras' download)",
+        ),
+    ),
+    (
         "--output-dir",
-        default=str(DEFAULT_OUTPUT_DIR),
-        help="where the report goes (default: benchmarks/results/)",
-    )
-    parser.add_argument(
+        dict(
+            default=str(DEFAULT_OUTPUT_DIR),
+            help="where the report goes (default: benchmarks/results/)",
+        ),
+    ),
+    (
         "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="the default model trains a full run once per seed, reported as their mean and "
-        "standard deviation; the schedules and the backend rows use the first (default: 1 2 3; "
-        "--quick: 1)",
-    )
-    parser.add_argument(
+        dict(
+            type=int,
+            nargs="+",
+            help="the default model trains a full run once per seed, reported as their mean and "
+            "standard deviation; the schedules and the backend rows use the first (default: "
+            f"{joined(SEEDS)}; --quick: {joined(QUICK_SEEDS)})",
+        ),
+    ),
+    (
         "--backend-seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help="each backend row trains once per seed: the backends compared over several seeds, "
-        "with the same settings (default: 1 2 3 4 5; --quick: 1 2)",
-    )
-    parser.add_argument(
+        dict(
+            type=int,
+            nargs="+",
+            help="each backend row trains once per seed: the backends compared over several "
+            "seeds, with the same settings (default: "
+            f"{joined(BACKEND_SEEDS)}; --quick: {joined(QUICK_BACKEND_SEEDS)})",
+        ),
+    ),
+    (
         "--backend-images",
-        type=int,
-        default=None,
-        help=f"training images per backend row (default: {BACKEND_IMAGES}; --quick: {QUICK_LIMIT})",
-    )
-    parser.add_argument(
+        dict(
+            type=int,
+            help=f"training images per backend row (default: {BACKEND_IMAGES}; "
+            f"--quick: {QUICK_LIMIT})",
+        ),
+    ),
+    (
         "--backend-epochs",
-        type=int,
-        default=BACKEND_EPOCHS,
-        help="epochs per backend row; the last one is timed (default: %(default)s)",
-    )
+        dict(
+            type=int,
+            default=BACKEND_EPOCHS,
+            help="epochs per backend row; the last one is timed (default: %(default)s)",
+        ),
+    ),
+)
+# Which rows run: at most one of these.
+ROW_FLAGS = (
+    ("--no-backends", dict(action="store_true", help="skip the per-backend rows")),
+    ("--only-backends", dict(action="store_true", help="only the per-backend rows: no baseline")),
+)
+# What benchmark.py tells each worker process it starts; not for people.
+WORKER_FLAGS = (
+    ("--worker", dict(choices=(*MODELS, "matmul", "backend"))),
+    ("--budget", dict(type=float, default=1.0)),
+    ("--worker-output", dict()),
+)
+POSITIVE_INTEGER_FLAGS = ("limit", "epochs_default", "backend_images", "backend_epochs")
+
+
+def make_parser():
+    """The parser of FLAGS, of ROW_FLAGS (at most one of them) and of the hidden WORKER_FLAGS."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for flag, options in FLAGS:
+        parser.add_argument(flag, **options)
     rows = parser.add_mutually_exclusive_group()
-    rows.add_argument("--no-backends", action="store_true", help="skip the per-backend rows")
-    rows.add_argument(
-        "--only-backends", action="store_true", help="only the per-backend rows: no baseline"
-    )
-    parser.add_argument("--worker", choices=(*MODELS, "matmul", "backend"), help=argparse.SUPPRESS)
-    parser.add_argument("--budget", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-output", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    for flag in ("limit", "epochs_default", "backend_images", "backend_epochs"):
+    for flag, options in ROW_FLAGS:
+        rows.add_argument(flag, **options)
+    for flag, options in WORKER_FLAGS:
+        parser.add_argument(flag, **options, help=argparse.SUPPRESS)
+    return parser
+
+
+def check_args(parser, args):
+    """Exit with argparse's usage line and an error for a setting that cannot run."""
+    for flag in POSITIVE_INTEGER_FLAGS:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    if args.data_dir is None and args.dataset == "mnist" and SHARED_MNIST.is_dir():
-        args.data_dir = str(SHARED_MNIST)
     if args.data_dir is not None and not os.path.exists(args.data_dir):
         parser.error(f"--data-dir {args.data_dir} does not exist")
     if any(budget <= 0 for budget in args.budgets or ()):
         parser.error(f"--budgets must be positive shares, got {args.budgets}")
+
+
+def fill_defaults(args):
+    """The settings left unset: --quick's small run, or the full one; a flag given wins. MNIST
+    is read from the shared copy beside this repository, if there is one."""
+    if args.data_dir is None and args.dataset == "mnist" and SHARED_MNIST.is_dir():
+        args.data_dir = str(SHARED_MNIST)
     if args.quick:
         args.limit = args.limit or QUICK_LIMIT
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
     args.budgets = sorted(args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS))
     args.backend_images = args.backend_images or (QUICK_LIMIT if args.quick else BACKEND_IMAGES)
-    args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
-    args.backend_seeds = args.backend_seeds or ([1, 2] if args.quick else [1, 2, 3, 4, 5])
+    args.seeds = args.seeds or list(QUICK_SEEDS if args.quick else SEEDS)
+    args.backend_seeds = args.backend_seeds or list(
+        QUICK_BACKEND_SEEDS if args.quick else BACKEND_SEEDS
+    )
     args.seed = args.seeds[0]  # what a worker trains with
+
+
+def parse_args(argv=None):
+    """The command line's settings, checked, with the ones left unset filled in."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    fill_defaults(args)
     return args
 
 
