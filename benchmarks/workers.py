@@ -205,15 +205,10 @@ def schedule_epochs(budget, reference_epochs, reference_flops, flops_per_image):
     return max(1, round(budget * reference_epochs * reference_flops / flops_per_image))
 
 
-def run_training_worker(name, args):
-    """Train `name` for a complete schedule of `args.budget` times a default run's training
-    FLOPs (the step size's warm-up and decay span the epochs actually run)."""
-    import keras
-
-    import data
-    import evaluation
+def settled_config(name, args):
+    """The run's Config and images, settled as `python main.py` settles them for these images
+    (and, for the default, its dtype policy)."""
     import main
-    from callbacks import plural
 
     overrides = {
         "dataset": args.dataset,
@@ -226,6 +221,74 @@ def run_training_worker(name, args):
     config = main.settled(config, images.colour, len(images.train_images))
     if name == "default":
         config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
+    return config, images
+
+
+def default_description(config):
+    from callbacks import plural
+
+    warmup = config.lr_warmup_epochs
+    return (
+        f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
+        f"{config.hidden_layers} x {config.hidden_units} ({config.dense_activation}) on each "
+        f"side of z, latent {config.latent_dim}, "
+        f"batch {config.batch_size}, Adam {config.learning_rate:g}"
+        f"{' with cosine decay' if config.cosine_decay else ''}"
+        f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "
+        f"KL warm-up {plural(config.kl_warmup_epochs, 'epoch')}"
+    )
+
+
+def baseline_description():
+    small, large = BASELINE["filters"]
+    return (
+        f"Keras example's VAE on 32x32: Conv2D {small}/{large}, dense "
+        f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, "
+        f"batch {BASELINE['batch_size']}, Adam {BASELINE['learning_rate']:g}"
+    )
+
+
+def compiled_baseline(config, channels):
+    """The baseline for `config`'s images and likelihood, in float32, compiled with its Adam."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    model = build_baseline(
+        config.image_size,
+        BASELINE["latent_dim"],
+        seed=config.seed,
+        channels=channels,
+        likelihood=config.likelihood,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
+    return model
+
+
+def fit_timed(model, train_images, test_images, batch_size, epochs, seed):
+    """`model.fit` with validation on the test images every epoch; the epoch clock's records."""
+    import data
+
+    clock = make_epoch_clock()
+    model.fit(
+        data.make_dataset(train_images, batch_size, shuffle=True, seed=seed),
+        validation_data=data.make_dataset(test_images, batch_size),
+        epochs=epochs,
+        callbacks=[clock],
+        shuffle=False,
+        verbose=2,
+    )
+    return clock.epochs
+
+
+def run_training_worker(name, args):
+    """Train `name` for a complete schedule of `args.budget` times a default run's training
+    FLOPs (the step size's warm-up and decay span the epochs actually run)."""
+    import keras
+
+    import evaluation
+    import main
+
+    config, images = settled_config(name, args)
     # Counted before seeding: building a model draws initializer seeds, and the default
     # must start from the weights `python main.py --seed S` starts from.
     default_flops = vae_flops(
@@ -239,54 +302,22 @@ def run_training_worker(name, args):
         config = dataclasses.replace(config, epochs=epochs)
         model = main.make_model(config, len(train_images))
         batch_size = config.batch_size
-        warmup = config.lr_warmup_epochs
-        description = (
-            f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
-            f"{config.hidden_layers} x {config.hidden_units} ({config.dense_activation}) on each "
-            f"side of z, latent {config.latent_dim}, "
-            f"batch {config.batch_size}, Adam {config.learning_rate:g}"
-            f"{' with cosine decay' if config.cosine_decay else ''}"
-            f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "
-            f"KL warm-up {plural(config.kl_warmup_epochs, 'epoch')}"
-        )
+        description = default_description(config)
     else:
-        keras.config.set_dtype_policy("float32")
-        model = build_baseline(
-            config.image_size,
-            BASELINE["latent_dim"],
-            seed=config.seed,
-            channels=images.train_images.shape[-1],
-            likelihood=config.likelihood,
-        )
+        model = compiled_baseline(config, channels=train_images.shape[-1])
         epochs = schedule_epochs(args.budget, reference_epochs, default_flops, vae_flops(model)[1])
-        model.compile(optimizer=keras.optimizers.Adam(BASELINE["learning_rate"]))
         batch_size = BASELINE["batch_size"]
-        small, large = BASELINE["filters"]
-        description = (
-            f"Keras example's VAE on 32x32: Conv2D {small}/{large}, dense "
-            f"{BASELINE['hidden_units']}, latent {BASELINE['latent_dim']}, batch {batch_size}, "
-            f"Adam {BASELINE['learning_rate']:g}"
-        )
+        description = baseline_description()
     model.start_from_data(train_images)  # as main.train does (a discretized logistic only)
     compute_dtype = model.encoder.layers[1].compute_dtype
     description += f", {epochs} epochs, compute dtype {compute_dtype}"
     forward, training, per_layer = vae_flops(model)
 
-    train_dataset = data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed)
-    test_dataset = data.make_dataset(test_images, batch_size)
-    clock = make_epoch_clock()
     print(
         f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images",
         flush=True,
     )
-    model.fit(
-        train_dataset,
-        validation_data=test_dataset,
-        epochs=epochs,
-        callbacks=[clock],
-        shuffle=False,
-        verbose=2,
-    )
+    epoch_records = fit_timed(model, train_images, test_images, batch_size, epochs, config.seed)
     return {
         "name": name,
         "description": description,
@@ -304,7 +335,7 @@ def run_training_worker(name, args):
         "train_flops_per_image": training,
         "training_flops": training * len(train_images) * epochs,
         "flops_per_layer": per_layer,
-        "epochs": clock.epochs,
+        "epochs": epoch_records,
         "peak_memory_mib": _peak_memory_mib(),
         "versions": _versions(),
     }
