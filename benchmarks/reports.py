@@ -274,26 +274,11 @@ def coders_line(result):
     )
 
 
-def write_markdown(path, report):
-    results, summary, machine, matmul = (
-        report["results"],
-        report["summary"],
-        report["machine"],
-        report["matmul_peak"],
-    )
-    default = results["default"]
-    versions = default["versions"]
-    settings = report["settings"]
-    subset = f"the first ones, --limit {settings['limit']}" if settings["limit"] else "all"
-    float32, bfloat16 = matmul["float32"], matmul["bfloat16"]
-    cores = f"{machine['usable_cores']} usable of {machine['logical_cores']} logical cores"
-    accelerators = ", ".join(versions["gpus"]) or "none"
-    lines = [
-        "# Benchmark: default VAE vs the Keras example's VAE",
-        "",
+def quality_section(report):
+    return [
         "## Quality against training FLOPs",
         "",
-        schedules_table(report["schedules"], matmul),
+        schedules_table(report["schedules"], report["matmul_peak"]),
         "",
         "- Each row is a complete schedule (the step size's warm-up and decay span its epochs) "
         "of the given share of a default run's training FLOPs; the test -ELBO is its last "
@@ -301,6 +286,15 @@ def write_markdown(path, report):
         "peak are this machine's, in the same run, over the whole run (the first epoch's "
         "tracing included); the table below gives a steady epoch's. The plot: elbo_vs_flops.png.",
         "",
+    ]
+
+
+def full_runs_section(report):
+    """The two runs at budget 1 side by side, and how each figure was measured."""
+    results, summary, settings = report["results"], report["summary"], report["settings"]
+    default = results["default"]
+    subset = f"the first ones, --limit {settings['limit']}" if settings["limit"] else "all"
+    return [
         "## The two full runs, epoch by epoch",
         "",
         markdown_table(results, summary),
@@ -320,6 +314,18 @@ def write_markdown(path, report):
         "- FLOPs are counted from the layer shapes (Conv2D, Conv2DTranspose, Dense; 2 per "
         f"multiply-add; training = {TRAINING_FLOPS_PER_FORWARD} x forward). Peak memory is "
         "the worker process's ru_maxrss (data included).",
+        *machine_notes(report),
+        "",
+    ]
+
+
+def machine_notes(report):
+    """The matmul peak, the machine and the command: what the seconds were measured on."""
+    machine, versions = report["machine"], report["results"]["default"]["versions"]
+    float32, bfloat16 = report["matmul_peak"]["float32"], report["matmul_peak"]["bfloat16"]
+    cores = f"{machine['usable_cores']} usable of {machine['logical_cores']} logical cores"
+    accelerators = ", ".join(versions["gpus"]) or "none"
+    return [
         f"- Matrix-multiply peak ({MATMUL_CHAIN} chained tf.matmul products of squares in one "
         f"tf.function, best of three; 1024 to 4096): float32 {float32['gflops']:,.1f} GFLOP/s "
         f"({float32['size']}), bfloat16 {bfloat16['gflops']:,.1f} GFLOP/s "
@@ -328,7 +334,11 @@ def write_markdown(path, report):
         f"accelerators: {accelerators}; Python {machine['python']}, TensorFlow "
         f"{versions['tensorflow']}, Keras {versions['keras']}.",
         f"- Command: `{report['command']}`",
-        "",
+    ]
+
+
+def seeds_section(report):
+    return [
         "## The default over seeds",
         "",
         seeds_table(report["seeds"]),
@@ -337,20 +347,37 @@ def write_markdown(path, report):
         "run each: one seed's figure says little.",
         "",
     ]
+
+
+def backends_section(report):
+    settings = report["settings"]
+    seeds = ", ".join(map(str, settings["backend_seeds"]))
+    return [
+        "## Keras backends",
+        "",
+        backends_table(report["backends"]),
+        "",
+        f"- The default model on the first {settings['backend_images']:,} training images "
+        f"for {settings['backend_epochs']} epochs with seeds {seeds}, on each backend in its "
+        "own process with KERAS_BACKEND set; s/epoch is the last epoch's training time "
+        "(validation excluded), so the first epoch's tracing or compilation is left out. "
+        "The data pipeline is tf.data on every backend.",
+        "",
+    ]
+
+
+def write_markdown(path, report):
+    """benchmark.md: the schedules, the two full runs, the default over seeds and, if they
+    ran, the backends; each table with how its figures were measured."""
+    lines = [
+        "# Benchmark: default VAE vs the Keras example's VAE",
+        "",
+        *quality_section(report),
+        *full_runs_section(report),
+        *seeds_section(report),
+    ]
     if report.get("backends"):
-        seeds = ", ".join(map(str, settings["backend_seeds"]))
-        lines += [
-            "## Keras backends",
-            "",
-            backends_table(report["backends"]),
-            "",
-            f"- The default model on the first {settings['backend_images']:,} training images "
-            f"for {settings['backend_epochs']} epochs with seeds {seeds}, on each backend in its "
-            "own process with KERAS_BACKEND set; s/epoch is the last epoch's training time "
-            "(validation excluded), so the first epoch's tracing or compilation is left out. "
-            "The data pipeline is tf.data on every backend.",
-            "",
-        ]
+        lines += backends_section(report)
     Path(path).write_text("\n".join(lines))
 
 
