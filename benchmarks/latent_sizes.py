@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.reports import machine_description, number, plot_panels  # noqa: E402
-from benchmarks.workers import clocks, make_epoch_clock, run_in_subprocess  # noqa: E402
+from benchmarks.workers import clocks, fit_timed, run_in_subprocess  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -92,6 +92,35 @@ def build_mlp_vae(
     return model
 
 
+def load_unpadded_images(config):
+    """The training and test images at their 28x28, as the MLP reads them."""
+    import data
+
+    (train_images, _), (test_images, _) = data.load_dataset(
+        config.dataset, config.data_dir, config.limit
+    )
+    return tuple(
+        data.prepare_images(images, data.ORIGINAL_SIZE) for images in (train_images, test_images)
+    )
+
+
+def mlp_description(epochs):
+    return (
+        f"PyTorch example's MLP VAE in Keras: 784-{MLP['hidden_units']}-({MLP['latent_dim']}, "
+        f"{MLP['latent_dim']}), 28x28, batch {MLP['batch_size']}, Adam {MLP['learning_rate']:g}, "
+        f"{epochs} epochs"
+    )
+
+
+def conv_description(config):
+    return (
+        f"python main.py --latent-dim {config.latent_dim}: "
+        f"{config.image_size}x{config.image_size}, "
+        f"batch {config.batch_size}, Adam {config.learning_rate:g}"
+        f"{' with cosine decay' if config.cosine_decay else ''}, {config.epochs} epochs"
+    )
+
+
 def train_worker(name, args):
     """Train the MLP ("mlp") or this program's model at latent 20 ("conv"); return its curve and
     final test figures (negative ELBO and IW-NLL with K = 32)."""
@@ -99,7 +128,6 @@ def train_worker(name, args):
 
     import keras
 
-    import data
     import evaluation
     import main
 
@@ -107,21 +135,11 @@ def train_worker(name, args):
     keras.utils.set_random_seed(config.seed)
     if name == "mlp":
         keras.config.set_dtype_policy("float32")  # as in PyTorch, whatever this program's default
-        (train_images, _), (test_images, _) = data.load_dataset(
-            config.dataset, config.data_dir, config.limit
-        )
-        train_images, test_images = (
-            data.prepare_images(images, data.ORIGINAL_SIZE)
-            for images in (train_images, test_images)
-        )
+        train_images, test_images = load_unpadded_images(config)
         epochs, batch_size = args.epochs or MLP["epochs"], MLP["batch_size"]
         model = build_mlp_vae(seed=config.seed)
         model.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
-        description = (
-            f"PyTorch example's MLP VAE in Keras: 784-{MLP['hidden_units']}-({MLP['latent_dim']}, "
-            f"{MLP['latent_dim']}), 28x28, batch {batch_size}, Adam {MLP['learning_rate']:g}, "
-            f"{epochs} epochs"
-        )
+        description = mlp_description(epochs)
     else:
         config = dataclasses.replace(config, epochs=args.epochs)
         images = main.load_images(config)
@@ -129,25 +147,12 @@ def train_worker(name, args):
         config = main.settled(config, images.colour, len(train_images))
         epochs, batch_size = config.epochs, config.batch_size
         model = main.make_model(config, len(train_images))
-        description = (
-            f"python main.py --latent-dim {config.latent_dim}: "
-            f"{config.image_size}x{config.image_size}, "
-            f"batch {batch_size}, Adam {config.learning_rate:g}"
-            f"{' with cosine decay' if config.cosine_decay else ''}, {epochs} epochs"
-        )
+        description = conv_description(config)
     print(
         f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images",
         flush=True,
     )
-    clock = make_epoch_clock()
-    model.fit(
-        data.make_dataset(train_images, batch_size, shuffle=True, seed=config.seed),
-        validation_data=data.make_dataset(test_images, batch_size),
-        epochs=epochs,
-        callbacks=[clock],
-        shuffle=False,
-        verbose=2,
-    )
+    epoch_records = fit_timed(model, train_images, test_images, batch_size, epochs, config.seed)
     test = evaluation.evaluate(
         model, test_images, samples=config.iw_samples, seed=config.seed, verbose=False
     )
@@ -155,7 +160,7 @@ def train_worker(name, args):
         "name": name,
         "description": description,
         "parameters": int(model.count_params()),
-        "epochs": clock.epochs,
+        "epochs": epoch_records,
         "test": test,
     }
 
