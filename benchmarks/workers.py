@@ -224,6 +224,13 @@ def settled_config(name, args):
     return config, images
 
 
+def default_training_flops(config):
+    """Training FLOPs per image of the default model for `config`, built in float32."""
+    import main
+
+    return vae_flops(main.build_model(dataclasses.replace(config, dtype_policy="float32")))[1]
+
+
 def default_description(config):
     from callbacks import plural
 
@@ -291,9 +298,7 @@ def run_training_worker(name, args):
     config, images = settled_config(name, args)
     # Counted before seeding: building a model draws initializer seeds, and the default
     # must start from the weights `python main.py --seed S` starts from.
-    default_flops = vae_flops(
-        main.build_model(dataclasses.replace(config, dtype_policy="float32"))
-    )[1]
+    default_flops = default_training_flops(config)
     keras.utils.set_random_seed(config.seed)
     train_images, test_images = images.train_images, images.test_images
     reference_epochs = args.epochs_default or config.epochs
