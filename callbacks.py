@@ -2,7 +2,7 @@
 that stop it cleanly, the time estimate, the KL weight and bits per dimension in the logs,
 pictures in TensorBoard.
 
-`main.make_callbacks` picks which of them a run uses. The checkpoint and the backup skip
+`make_callbacks`, at the end, picks which of them a run uses. The checkpoint and the backup skip
 any epoch whose loss is NaN or infinite, so a diverging run never overwrites good weights.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 import plotting
 from evaluation import bits_per_dimension
+from flops import decoder_flops, forward_flops, vae_flops
 from run_folder import (
     PROGRESS_FILE,
     RunError,
@@ -359,3 +360,58 @@ class TensorBoardImages(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.close()
+
+
+def make_callbacks(config, run_name, vae, train_count, images, progress, is_chief=True):
+    """The run's callbacks (callbacks.py): the chief checkpoints, backs up and logs to
+    TensorBoard, with pictures of `images` (data.ImageData). `progress` is the record of
+    the epochs a resumed run has already done."""
+    backup_dir = os.path.join(config.output_dir, "backup")
+    if not is_chief:  # multi-worker: only the chief writes; the others resume from its backup
+        callbacks = [LogKLWeight(), LogBitsPerDimension(), keras.callbacks.TerminateOnNaN()]
+        if not config.fresh:
+            callbacks.append(FiniteBackupAndRestore(backup_dir, write=False))
+        return callbacks
+    log_dir = os.path.join(config.output_dir, "logs", run_name)
+    checkpoint = os.path.join(config.output_dir, "checkpoint.keras")
+    # A resumed run's checkpoint must beat the best epoch before the interruption.
+    best = progress.get("best_val_loss") if os.path.exists(checkpoint) else None
+    callbacks = [
+        LogKLWeight(),  # first: the others see kl_weight and val_bits_per_dim in the logs
+        LogBitsPerDimension(),
+        keras.callbacks.TerminateOnNaN(),
+        StopOnSignal(),
+        AtomicModelCheckpoint(
+            checkpoint, monitor="val_loss", save_best_only=True, initial_value_threshold=best
+        ),
+        keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False),
+        # Double checkpoint: if a kill lands mid-write, the previous epoch's backup is used.
+        FiniteBackupAndRestore(backup_dir, double_checkpoint=True, progress=progress),
+        TimeEstimate(
+            config.epochs,
+            math.ceil(train_count / config.batch_size),
+            config.batch_size,
+            len(images.test_images),
+            evaluation_flops(vae, config.iw_samples),
+            vae_flops(vae)[1],
+        ),
+    ]
+    if config.image_every:
+        shown = slice(0, 2000)  # enough points for the scatter, quick to encode every epoch
+        callbacks.append(
+            TensorBoardImages(
+                os.path.join(log_dir, "images"),
+                images.test_images[shown],
+                None if images.test_labels is None else images.test_labels[shown],
+                images.class_names,
+                config.image_every,
+                config.seed,
+            )
+        )
+    return callbacks
+
+
+def evaluation_flops(vae, samples):
+    """FLOPs of evaluation.py per test image: the encoder once, the decoder (with its pixel
+    head) `samples` times."""
+    return forward_flops(vae.encoder)[0] + samples * decoder_flops(vae)

@@ -1102,3 +1102,17 @@ def make_dataset(
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(2).with_options(options)
+
+
+def load_for(config, test_only=False):
+    """The images a run's `config` (settings.Config) names, as the model reads them."""
+    return load_images(
+        config.dataset,
+        config.data_dir,
+        config.limit,
+        image_size=config.image_size,
+        colour=config.colour,
+        seed=config.seed,
+        test_split=config.test_split,
+        test_only=test_only,
+    )

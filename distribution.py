@@ -7,7 +7,7 @@
                                TF_CONFIG: TensorFlow's MultiWorkerMirroredStrategy
 
 Each replica computes the loss of its share of the batch; the VAE divides that loss by
-the number of replicas (see `vae.scale_for_replicas`) so that the summed gradients and
+the number of replicas (`scale_for_replicas`) so that the summed gradients and
 the reported loss equal those of one device seeing the whole batch.
 """
 
@@ -19,6 +19,24 @@ from dataclasses import dataclass, field
 import keras
 
 MODES = ("none", "mirrored", "multi-worker")
+
+
+def scale_for_replicas(loss):
+    """Divide a replica's loss by the number of replicas under tf.distribute.
+
+    tf.distribute sums the replicas' gradients; with each replica's mean loss divided by
+    their number, the sum is the gradient of the whole batch's mean, as on one device.
+    Keras does this for compiled losses but not for a hand-written `compute_loss`, and
+    undoes it for the reported loss. On JAX (DataParallel) and on one device each step
+    sees the whole batch: nothing to do.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return loss
 
 
 class DistributionError(ValueError):

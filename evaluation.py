@@ -31,7 +31,8 @@ import numpy as np
 from scipy.special import entr, logsumexp
 
 from data import one_hot
-from vae import jit_compile, kl_divergence
+from training import jit_compile
+from vae import kl_divergence
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
@@ -92,42 +93,18 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     same images (`coder_bits_per_dimension`, outside the timed `seconds`).
     """
     rng = np.random.default_rng(seed)
-    reconstruction, kl, iw_nll = [], [], []
+    parts = {"reconstruction": [], "kl": [], "iw_nll": []}
     started = time.perf_counter()
     scorer = sample_nats_model(vae)
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
     for start in range(0, len(images), images_per_batch):
-        batch = images[start : start + images_per_batch]
-        conditions = (
-            one_hot(labels[start : start + images_per_batch], vae.num_classes)
-            if vae.conditional
-            else None
-        )
-        encoded = vae.encoder.predict_on_batch([batch, conditions] if vae.conditional else batch)
-        z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoded)
-        epsilon = rng.standard_normal((len(batch), samples, z_mean.shape[1]))
-        z = (z_mean[:, None] + np.exp(0.5 * z_log_var[:, None]) * epsilon).reshape(
-            -1, z_mean.shape[1]
-        )
-        z = z.astype(np.float32)  # (batch * K, latent): all K samples decoded in one call
-        repeated = np.repeat(batch, samples, axis=0)
-        if vae.conditional:
-            inputs = [z, np.repeat(conditions, samples, axis=0), repeated]
-        else:
-            inputs = [z, repeated]
-        nats = np.asarray(scorer.predict_on_batch(inputs)).reshape(len(batch), samples)
-        z = z.reshape(len(batch), samples, -1).astype(np.float64)
-        log_weights = (
-            -nats.astype(np.float64)
-            + _log_normal(z, 0.0, 0.0)
-            - _log_normal(z, z_mean[:, None], z_log_var[:, None])
-        )
-        reconstruction.append(nats.mean(axis=1))
-        kl.append(kl_per_dimension(z_mean, z_log_var))
-        iw_nll.append(-(logsumexp(log_weights, axis=1) - math.log(samples)))
+        batch = slice(start, start + images_per_batch)
+        scores = score_batch(vae, scorer, images[batch], labels, batch, samples, rng)
+        for name, values in zip(parts, scores, strict=True):
+            parts[name].append(values)
         if progress:
-            progress.add(len(batch))
-    reconstruction, kl, iw_nll = (np.concatenate(parts) for parts in (reconstruction, kl, iw_nll))
+            progress.add(len(images[batch]))
+    reconstruction, kl, iw_nll = (np.concatenate(values) for values in parts.values())
     mean_kl_per_dimension = kl.mean(axis=0)
     kl = kl.sum(axis=1)
     negative_elbo, iw_nll = float(np.mean(reconstruction + kl)), float(np.mean(iw_nll))
@@ -151,6 +128,31 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
         "seconds": seconds,
         **coder_bits_per_dimension(images),
     }
+
+
+def score_batch(vae, scorer, batch, labels, where, samples, rng):
+    """For each image of `batch` (at `where` among the `labels`): its mean -log p(x|z) over
+    `samples` draws of z, its KL per latent dimension and its importance-weighted NLL."""
+    conditions = one_hot(labels[where], vae.num_classes) if vae.conditional else None
+    encoded = vae.encoder.predict_on_batch([batch, conditions] if vae.conditional else batch)
+    z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoded)
+    epsilon = rng.standard_normal((len(batch), samples, z_mean.shape[1]))
+    z = (z_mean[:, None] + np.exp(0.5 * z_log_var[:, None]) * epsilon).reshape(-1, z_mean.shape[1])
+    z = z.astype(np.float32)  # (batch * K, latent): all K samples decoded in one call
+    repeated = np.repeat(batch, samples, axis=0)
+    if vae.conditional:
+        inputs = [z, np.repeat(conditions, samples, axis=0), repeated]
+    else:
+        inputs = [z, repeated]
+    nats = np.asarray(scorer.predict_on_batch(inputs)).reshape(len(batch), samples)
+    z = z.reshape(len(batch), samples, -1).astype(np.float64)
+    log_weights = (
+        -nats.astype(np.float64)
+        + _log_normal(z, 0.0, 0.0)
+        - _log_normal(z, z_mean[:, None], z_log_var[:, None])
+    )
+    iw_nll = -(logsumexp(log_weights, axis=1) - math.log(samples))
+    return nats.mean(axis=1), kl_per_dimension(z_mean, z_log_var), iw_nll
 
 
 # Each coder's header bytes, the same for every image of one shape: what the file format

@@ -363,3 +363,19 @@ def read_metrics(output_dir):
     with contextlib.suppress(OSError, ValueError), open(path) as file:
         return json.load(file)
     return {}
+
+
+def check_output_outside_images(config):
+    """A folder of images is read with its sub-folders (hidden ones aside): an --output-dir
+    in it would make the run's folders classes, or its plots training images, next time."""
+    if config.dataset != "folder" or not config.data_dir:
+        return
+    images, output = os.path.realpath(config.data_dir), os.path.realpath(config.output_dir)
+    first_folder = os.path.relpath(output, images).split(os.sep)[0]
+    hidden = first_folder.startswith(".") and first_folder != "."  # not read as images
+    if os.path.commonpath([images, output]) == images and not hidden:
+        raise RunError(
+            f"--output-dir {config.output_dir} is inside --data-dir {config.data_dir}: the "
+            "run's models/, logs/ and plots/ would be read as classes or images; choose an "
+            "--output-dir outside it"
+        )

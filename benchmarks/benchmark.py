@@ -6,7 +6,7 @@
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 
-- "default": `main.make_model(main.Config())`, the program's default settings;
+- "default": `training.make_model(settings.Config())`, the program's default settings;
 - "baseline": the small architecture of the Keras documentation's VAE example adapted to
   32x32 (Conv2D 32 and 64, Dense 16, latent 2; mirrored Conv2DTranspose decoder), batch
   128, Adam 1e-3, float32, wrapped in `vae.VAE` so the loss is the same.
@@ -131,8 +131,8 @@ FLAGS = (
         "--epochs-default",
         dict(
             type=int,
-            help="epochs of a default run, the unit of the budgets (default: main.Config().epochs; "
-            f"--quick: {QUICK_EPOCHS})",
+            help="epochs of a default run, the unit of the budgets (default: those `python "
+            f"main.py` chooses for the data; --quick: {QUICK_EPOCHS})",
         ),
     ),
     (

@@ -128,10 +128,14 @@ def train_worker(name, args):
 
     import keras
 
+    import data
     import evaluation
-    import main
+    import settings
+    import training
 
-    config = main.Config(latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit)
+    config = settings.Config(
+        latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit
+    )
     keras.utils.set_random_seed(config.seed)
     if name == "mlp":
         keras.config.set_dtype_policy("float32")  # as in PyTorch, whatever this program's default
@@ -142,11 +146,11 @@ def train_worker(name, args):
         description = mlp_description(epochs)
     else:
         config = dataclasses.replace(config, epochs=args.epochs)
-        images = main.load_images(config)
+        images = data.load_for(config)
         train_images, test_images = images.train_images, images.test_images
-        config = main.settled(config, images.colour, len(train_images))
+        config = settings.settled(config, images.colour, len(train_images))
         epochs, batch_size = config.epochs, config.batch_size
-        model = main.make_model(config, len(train_images))
+        model = training.make_model(config, len(train_images))
         description = conv_description(config)
     print(
         f"[{name}] {description}: {len(train_images)} training / {len(test_images)} test images",
@@ -172,13 +176,16 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
     import keras
 
     import data
-    import main
+    import settings
+    import training
 
-    config = main.Config(latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit)
+    config = settings.Config(
+        latent_dim=COMPARE_LATENT_DIM, data_dir=args.data_dir, limit=args.limit
+    )
     keras.utils.set_random_seed(config.seed)
-    train_images = main.load_images(config).train_images[:images_per_round]
-    config = main.settled(config, train_count=len(train_images))
-    conv = main.make_model(config, len(train_images))
+    train_images = data.load_for(config).train_images[:images_per_round]
+    config = settings.settled(config, train_count=len(train_images))
+    conv = training.make_model(config, len(train_images))
     mlp = build_mlp_vae(seed=config.seed)
     mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
     crop = (config.image_size - data.ORIGINAL_SIZE) // 2

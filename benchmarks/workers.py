@@ -80,6 +80,7 @@ def build_baseline(
     import keras
     from keras import layers
 
+    import settings
     import vae as vae_module
 
     small, large = BASELINE["filters"]
@@ -98,9 +99,14 @@ def build_baseline(
     x = layers.Reshape((base_size, base_size, large))(x)
     x = layers.Conv2DTranspose(large, 3, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv2DTranspose(small, 3, strides=2, padding="same", activation="relu")(x)
-    image = vae_module.likelihood_head(
-        x, image_size=image_size, channels=channels, likelihood=likelihood
+    # The Keras example's layers keep Keras' global dtype policy (dtype_policy None).
+    head = settings.Config(
+        image_size=image_size,
+        colour="grey" if channels == 1 else "rgb",
+        likelihood=likelihood,
+        dtype_policy=None,
     )
+    image = vae_module.likelihood_head(x, head)
     decoder = keras.Model(latent_inputs, image, name="decoder")
 
     model = vae_module.VAE(encoder, decoder, seed=seed, likelihood=likelihood, name="baseline_vae")
@@ -208,7 +214,9 @@ def schedule_epochs(budget, reference_epochs, reference_flops, flops_per_image):
 def settled_config(name, args):
     """The run's Config and images, settled as `python main.py` settles them for these images
     (and, for the default, its dtype policy)."""
-    import main
+    import data
+    import settings
+    import training
 
     overrides = {
         "dataset": args.dataset,
@@ -216,19 +224,21 @@ def settled_config(name, args):
         "limit": args.limit,
         "seed": args.seed,
     }
-    config = main.Config(**{key: value for key, value in overrides.items() if value is not None})
-    images = main.load_images(config)
-    config = main.settled(config, images.colour, len(images.train_images))
+    config = settings.Config(
+        **{key: value for key, value in overrides.items() if value is not None}
+    )
+    images = data.load_for(config)
+    config = settings.settled(config, images.colour, len(images.train_images))
     if name == "default":
-        config = main.resolve_dtype_policy(config)  # as main.train does, before seeding
+        config = training.resolve_dtype_policy(config)  # as main.train does, before seeding
     return config, images
 
 
 def default_training_flops(config):
     """Training FLOPs per image of the default model for `config`, built in float32."""
-    import main
+    import training
 
-    return vae_flops(main.build_model(dataclasses.replace(config, dtype_policy="float32")))[1]
+    return vae_flops(training.build_model(dataclasses.replace(config, dtype_policy="float32")))[1]
 
 
 def default_description(config):
@@ -236,7 +246,7 @@ def default_description(config):
 
     warmup = config.lr_warmup_epochs
     return (
-        f"`main.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
+        f"`training.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
         f"{config.hidden_layers} x {config.hidden_units} ({config.dense_activation}) on each "
         f"side of z, latent {config.latent_dim}, "
         f"batch {config.batch_size}, Adam {config.learning_rate:g}"
@@ -293,7 +303,7 @@ def run_training_worker(name, args):
     import keras
 
     import evaluation
-    import main
+    import training
 
     config, images = settled_config(name, args)
     # Counted before seeding: building a model draws initializer seeds, and the default
@@ -305,7 +315,7 @@ def run_training_worker(name, args):
     if name == "default":
         epochs = schedule_epochs(args.budget, reference_epochs, default_flops, default_flops)
         config = dataclasses.replace(config, epochs=epochs)
-        model = main.make_model(config, len(train_images))
+        model = training.make_model(config, len(train_images))
         batch_size = config.batch_size
         description = default_description(config)
     else:

@@ -95,9 +95,9 @@ def quick_settings(output_dir, data_dir, **overrides):
 
 def quick_config(output_dir, data_dir, **overrides):
     """The Config of a quick run."""
-    import main
+    import settings
 
-    return main.Config(**quick_settings(output_dir, data_dir, **overrides))
+    return settings.Config(**quick_settings(output_dir, data_dir, **overrides))
 
 
 def quick_arguments(output_dir, data_dir, **overrides):
@@ -130,11 +130,12 @@ def colour_spread(picture):
 
 def small_vae(**overrides):
     """A tiny VAE in float32, built as main.py builds one (seed 0 unless overridden)."""
-    import main
+    import settings
+    import training
 
-    settings = dict(filters=4, hidden_units=8, seed=0, dtype_policy="float32")
-    settings.update(overrides)
-    return main.build_model(main.Config(**settings))
+    chosen = dict(filters=4, hidden_units=8, seed=0, dtype_policy="float32")
+    chosen.update(overrides)
+    return training.build_model(settings.Config(**chosen))
 
 
 @pytest.fixture(scope="session")

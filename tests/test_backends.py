@@ -101,16 +101,18 @@ COLOUR_MODEL = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import keras, numpy as np
-import main, vae
+import main, settings, training, vae
 rng = np.random.default_rng(0)
 values = (rng.integers(0, 256, (2, 4, 4, 3)) / 255).astype("float32")
 location = values + rng.normal(0, 0.05, values.shape)
 logits = np.concatenate([location, rng.uniform(-6, -1, values.shape)], -1).astype("float32")
 nats = vae.reconstruction_nats(values, logits, "discretized_logistic")
-model = main.build_model(
-    main.Config(dataset="cifar10", latent_dim=2, filters=4, hidden_units=8, dtype_policy="float32")
+model = training.build_model(
+    settings.Config(
+        dataset="cifar10", latent_dim=2, filters=4, hidden_units=8, dtype_policy="float32"
+    )
 )
-model.compile(optimizer=vae.FusedAdam(1e-3))
+model.compile(optimizer=training.FusedAdam(1e-3))
 images = (rng.integers(0, 256, (8, 32, 32, 3)) / 255).astype("float32")
 losses = [float(model.train_on_batch(images, return_dict=True)["loss"]) for _ in range(3)]
 decoded = keras.ops.convert_to_numpy(model.decoder(np.zeros((1, 2), "float32")))

@@ -226,11 +226,11 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
 
 
 def test_backend_row_trains_on_colour_images(tmp_path, monkeypatch):
-    import main
+    import training
     from cifar10_files import python_batches, write_archive
 
     # The dtype's timed steps are the MNIST row's to test; here float32 saves their time.
-    monkeypatch.setattr(main, "fastest_dtype_policy", lambda *args, **kwargs: "float32")
+    monkeypatch.setattr(training, "fastest_dtype_policy", lambda *args, **kwargs: "float32")
 
     archive = write_archive(tmp_path / "cifar-10-python.tar.gz", python_batches(300, 60)[0])
     args = benchmark.parse_args(
@@ -263,13 +263,14 @@ def test_the_benchmarks_default_run_is_the_one_main_py_trains(tmp_path, mnist_di
     weights `python main.py` starts from and trains the same losses, so its figures are the
     program's."""
     import main
+    import settings
 
     args = benchmark.parse_args(
         ["--data-dir", mnist_dir, "--limit", "512", "--epochs-default", "1", "--seeds", "3"]
     )
     result = workers.run_training_worker("default", args)
     _, history = main.train(
-        main.Config(
+        settings.Config(
             data_dir=mnist_dir,
             limit=512,
             epochs=1,

@@ -18,13 +18,16 @@ import sys
 import tarfile
 import warnings
 
+import hypothesis
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import data
 import main
+import results
+import settings
 from cifar10_files import (
     LABEL_NAMES,
     batch_bytes,
@@ -270,7 +273,7 @@ def test_wrong_contents_are_named(tmp_path, batches):
         data.load_dataset("cifar10", str(folder))
 
 
-@settings(
+@hypothesis.settings(
     max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
@@ -358,7 +361,7 @@ OPCODE_PIECES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=1000)
+@hypothesis.settings(max_examples=300, deadline=1000)
 @given(pieces=st.lists(OPCODE_PIECES, max_size=80))
 def test_random_opcode_streams_end_quickly_in_little_memory(pieces):
     """Whatever the opcodes, the reader ends within the deadline, in under 10 MB, with a
@@ -445,7 +448,7 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
     np.testing.assert_allclose(decoded, vae.decoder.predict(z_mean, verbose=0), atol=1e-6)
 
     # --evaluate-only takes the size, colour, latent size and likelihood from the model file.
-    evaluated = main.Config(
+    evaluated = settings.Config(
         dataset="cifar10",
         data_dir=str(cifar10_archive),
         output_dir=str(tmp_path),
@@ -453,12 +456,12 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
         iw_samples=2,
         plots=False,
     )
-    main.evaluate_saved_model(evaluated)
+    results.evaluate_saved_model(evaluated)
     again = json.loads((tmp_path / "models" / "metrics.json").read_text())
     assert again["test"]["iw_samples"] == 2 and again["test"]["likelihood"] == test["likelihood"]
     assert (again["config"]["latent_dim"], again["config"]["colour"]) == (8, "rgb")
     with pytest.raises(main.RunError, match="was trained with --colour rgb; add --colour rgb"):
-        main.evaluate_saved_model(dataclasses.replace(evaluated, colour="grey"))
+        results.evaluate_saved_model(dataclasses.replace(evaluated, colour="grey"))
 
 
 def test_a_conditional_colour_model_at_64_pixels(tmp_path, cifar10_archive):

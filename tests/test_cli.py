@@ -10,15 +10,16 @@ import sys
 import pytest
 
 import main
+import settings
 from conftest import REPO, run_main
 
 
 def test_help_documents_every_setting_with_its_default():
     result = run_main(["--help"])
     assert result.returncode == 0
-    for config_field in dataclasses.fields(main.Config):
+    for config_field in dataclasses.fields(settings.Config):
         assert "--" + config_field.name.replace("_", "-") in result.stdout
-    assert f"(default: {main.Config().seed})" in result.stdout
+    assert f"(default: {settings.Config().seed})" in result.stdout
     # Defaults that depend on the images say so; no flag shows "None".
     help_text = " ".join(result.stdout.split())
     assert "default 2 for grey images" in help_text and "128 for colour ones" in help_text
@@ -28,17 +29,65 @@ def test_help_documents_every_setting_with_its_default():
     assert "(default: None)" not in help_text
 
 
-def test_readme_lists_every_setting_in_its_flags_table():
-    section = (REPO / "README.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `--")]
-    listed = set(re.findall(r"--[a-z-]+", " ".join(rows)))
-    assert listed == {
-        "--" + field.name.replace("_", "-") for field in dataclasses.fields(main.Config)
+def readme_settings_table():
+    """The settings table in README.md, between its two markers."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("\n", text.index("<!-- settings table")) + 1
+    return text[start : text.index("<!-- end of settings table -->")].strip()
+
+
+def test_readme_flags_and_defaults_are_those_of_help():
+    """Every flag --help shows is in README's table with the default --help gives it
+    (`-` where --help says in words what happens without it), and no other."""
+    listed = {}
+    for row in readme_settings_table().splitlines()[2:]:
+        flag_cell, default_cell = row.split(" | ")[:2]
+        flag = re.search(r"--[a-z-]+", flag_cell).group()
+        listed[flag] = default_cell.strip().strip("`")
+    shown = {}
+    for action in settings.make_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            flag = max(action.option_strings, key=lambda option: not option.startswith("--no-"))
+            shown[flag] = "–" if action.default is None else str(action.default)
+    assert listed == shown
+
+
+def test_readme_settings_table_says_what_settings_py_says():
+    """Help texts and the settings a resume must match included: regenerate the table with
+    `python -c "import settings; print(settings.markdown_table())"`."""
+    assert readme_settings_table() == settings.markdown_table()
+
+
+def test_a_resume_must_match_the_settings_that_shape_the_model_or_its_training():
+    must_match = set(settings.RESUME_SETTINGS)
+    assert {"latent_dim", "filters", "hidden_layers", "likelihood", "learning_rate"} <= must_match
+    assert not {"output_dir", "dtype_policy", "plots", "iw_samples", "fresh"} & must_match
+
+
+def test_tensorflow_start_up_notices_are_hidden_unless_asked_for(tmp_path):
+    """A mistake ends in its one line on standard error, not under TensorFlow's notices
+    (the CUDA probe's error on a machine without a GPU, oneDNN's notice)."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")
     }
+    command = [sys.executable, str(REPO / "main.py"), "--evaluate-only"]
+    command += ["--output-dir", str(tmp_path)]
+    quiet, noisy = (
+        subprocess.run(arguments, env=environment, capture_output=True, text=True, timeout=120)
+        for arguments in (command, [*command, "--tensorflow-notices"])
+    )
+    assert quiet.returncode == noisy.returncode == 1
+    assert quiet.stderr.splitlines() == [
+        f"error: {tmp_path / 'models' / 'vae.keras'}: no saved model there; train one first "
+        "with python main.py"
+    ]
+    assert len(noisy.stderr.splitlines()) > 1
 
 
 def test_flags_map_onto_config():
-    config = main.parse_args(
+    config = settings.parse_args(
         ["--epochs", "3", "--latent-dim", "8", "--learning-rate", "0.01", "--no-plots"]
     )
     assert (config.epochs, config.latent_dim, config.learning_rate, config.plots) == (
@@ -47,7 +96,7 @@ def test_flags_map_onto_config():
         0.01,
         False,
     )
-    assert main.parse_args([]) == main.Config()
+    assert settings.parse_args([]) == settings.Config()
 
 
 @pytest.mark.parametrize(
@@ -81,26 +130,28 @@ def test_flags_map_onto_config():
 )
 def test_bad_values_are_refused_with_usage(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main.parse_args(arguments)
+        settings.parse_args(arguments)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "usage:" in error and message in error
 
 
 def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
-    settled = main.settled(main.Config())
+    settled = settings.settled(settings.Config())
     assert (settled.colour, settled.latent_dim, settled.likelihood) == ("grey", 2, "bernoulli")
-    settled = main.settled(main.Config(dataset="cifar10"))
+    settled = settings.settled(settings.Config(dataset="cifar10"))
     assert (settled.colour, settled.latent_dim, settled.likelihood) == (
         "rgb",
         128,
         "autoregressive",
     )
     # What the user says wins; a folder's colour is the images'.
-    settled = main.settled(main.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli"))
+    settled = settings.settled(
+        settings.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli")
+    )
     assert (settled.latent_dim, settled.likelihood) == (16, "bernoulli")
-    assert main.settled(main.Config(dataset="folder"), "rgb").latent_dim == 128
-    assert main.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
+    assert settings.settled(settings.Config(dataset="folder"), "rgb").latent_dim == 128
+    assert settings.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
 
 
 @pytest.mark.parametrize(
@@ -120,21 +171,21 @@ def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
     ],
 )
 def test_a_data_set_of_any_size_gets_enough_steps(dataset, colour, train_count, expected):
-    config = main.settled(main.Config(dataset=dataset), colour, train_count)
+    config = settings.settled(settings.Config(dataset=dataset), colour, train_count)
     assert (config.batch_size, config.epochs, config.image_every) == expected
-    line = main.chosen_schedule(main.Config(dataset=dataset), config, train_count)
+    line = main.chosen_schedule(settings.Config(dataset=dataset), config, train_count)
     assert f"{expected[1]} epochs of {train_count:,} images in batches of {expected[0]}" in line
     assert main.few_steps_advice(config, train_count) is None
 
 
 def test_the_command_line_wins_over_the_chosen_schedule():
-    given = main.Config(dataset="folder", epochs=2, batch_size=16, image_every=0)
-    config = main.settled(given, "rgb", 3029)
+    given = settings.Config(dataset="folder", epochs=2, batch_size=16, image_every=0)
+    config = settings.settled(given, "rgb", 3029)
     assert (config.batch_size, config.epochs, config.image_every) == (16, 2, 0)
     assert main.chosen_schedule(given, config, 3029) is None
     # One of the two given: the other is chosen, and the line says so.
-    given = main.Config(dataset="folder", batch_size=128)
-    config = main.settled(given, "rgb", 3029)
+    given = settings.Config(dataset="folder", batch_size=128)
+    config = settings.settled(given, "rgb", 3029)
     assert (config.batch_size, config.epochs) == (128, 55)  # 24 steps an epoch
     assert "55 epochs" in main.chosen_schedule(given, config, 3029)
 

@@ -36,14 +36,14 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {str(REPO)!r})
 import keras, numpy as np
-import data, distribution, main, vae
+import data, distribution, main, settings, training, vae
 
 images = data.prepare_images(data.load_dataset("mnist", {mnist_dir!r}, 512)[0][0][:256], 32)
 def one_sgd_step(placement):
     keras.utils.set_random_seed(0)
     with placement.scope():
-        config = main.Config(filters=8, hidden_units=32, seed=0, dtype_policy="float32")
-        model = main.build_model(config)
+        config = settings.Config(filters=8, hidden_units=32, seed=0, dtype_policy="float32")
+        model = training.build_model(config)
         model.compile(optimizer=keras.optimizers.SGD(1e-4))
     before = model.get_weights()
     loss = model.fit(images, batch_size=256, epochs=1, verbose=0).history["loss"][0]
@@ -55,7 +55,8 @@ for mode in ("none", "mirrored"):
     placement = distribution.place(mode)
     loss, update = one_sgd_step(placement)
     np.save(f"{folder}/update-{{mode}}.npy", update)
-    config = main.Config(data_dir={mnist_dir!r}, output_dir=f"{folder}/{{mode}}", distribute=mode,
+    config = settings.Config(data_dir={mnist_dir!r}, output_dir=f"{folder}/{{mode}}",
+                             distribute=mode,
                          {SMALL_RUN})
     _, history = main.train(config)
     result[mode] = {{"replicas": placement.replicas, "step_loss": loss, "history": history.history}}
@@ -95,8 +96,9 @@ WORKER = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import numpy as np
-import main
-config = main.Config(data_dir={data_dir!r}, output_dir={output_dir!r}, distribute="multi-worker",
+import main, settings
+config = settings.Config(data_dir={data_dir!r}, output_dir={output_dir!r},
+                         distribute="multi-worker",
                      {settings})
 vae, history = main.train(config)
 np.savez({weights!r}, *vae.get_weights())
@@ -253,13 +255,13 @@ import jax, keras, main
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
     # JAX compiles every new shape: pictures would cost most of the time.
-    config = main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode,
+    config = settings.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/" + mode,
                          distribute=mode, {SMALL_RUN}, plots=False, image_every=0)
     _, history = main.train(config)
     result[mode] = history.history
 result["distribution"] = type(keras.distribution.distribution()).__name__
 try:
-    main.train(main.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd",
+    main.train(settings.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd",
                            distribute="mirrored", batch_size=63))
 except main.distribution.DistributionError as error:
     result["odd_batch"] = str(error)

@@ -9,6 +9,8 @@ import pytest
 
 import evaluation
 import main
+import results
+import settings
 from conftest import hparams_tab, quick_config, small_vae
 
 
@@ -46,7 +48,7 @@ def test_run_records_test_metrics(trained_run):
         test["negative_elbo"], test["reconstruction_loss"] + test["kl_loss"], rtol=1e-6
     )
     assert test["images"] == 512 // 6 and test["iw_samples"] == 4
-    assert record["config"]["seed"] == main.Config().seed and "keras" in record["versions"]
+    assert record["config"]["seed"] == settings.Config().seed and "keras" in record["versions"]
     assert record["training"]["epochs_trained"] == 1 and record["training"]["training_seconds"] > 0
     assert glob.glob(str(output_dir / "logs" / "*" / "evaluation" / "events.out.tfevents.*"))
 
@@ -87,7 +89,7 @@ def test_evaluate_only_keeps_the_trained_settings_in_the_record(tmp_path, mnist_
 
 def test_evaluate_only_refuses_other_data(trained_run, mnist_dir):
     output_dir, _, _ = trained_run
-    config = main.Config(
+    config = settings.Config(
         output_dir=str(output_dir),
         data_dir=mnist_dir,
         dataset="fashion_mnist",
@@ -97,4 +99,4 @@ def test_evaluate_only_refuses_other_data(trained_run, mnist_dir):
     with pytest.raises(
         main.RunError, match="was trained with --dataset mnist; add --dataset mnist"
     ):
-        main.evaluate_saved_model(config)
+        results.evaluate_saved_model(config)

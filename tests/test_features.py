@@ -9,7 +9,10 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import data
 import main
+import settings
+import training
 from conftest import quick_config, run_python
 
 
@@ -119,7 +122,7 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
     # 8 columns, 2 grey pixels between them. The samples: 16 in 2 rows.
     assert cards["reconstructions"].shape == (4 * 32 + 3 * 2, 8 * 32 + 7 * 2, 1)
     assert cards["samples from the prior"].shape == (2 * 32 + 2, 8 * 32 + 7 * 2, 1)
-    test_images = main.load_images(quick_config(tmp_path, mnist_dir, limit=256)).test_images
+    test_images = data.load_for(quick_config(tmp_path, mnist_dir, limit=256)).test_images
     top = np.pad(cards["reconstructions"][:32], ((0, 0), (0, 2), (0, 0)))  # 8 tiles of 32 + 2
     first_row = top.reshape(32, 8, 34, 1)[:, :, :32]
     expected = np.round(test_images[:8, ..., 0] * 255).transpose(1, 0, 2)
@@ -128,7 +131,7 @@ def test_tensorboard_gets_pictures_every_n_epochs(tmp_path, mnist_dir):
 
 def step_sizes(config, steps, train_size=640):
     """Adam's step size at each of `steps`, as make_model(config) sets it up."""
-    optimizer = main.make_model(config, train_size).optimizer
+    optimizer = training.make_model(config, train_size).optimizer
     sizes = []
     for step in steps:
         optimizer.iterations.assign(step)
@@ -138,23 +141,24 @@ def step_sizes(config, steps, train_size=640):
 
 def test_learning_rate_warms_up_then_follows_the_cosine():
     # 640 images in batches of 64: 10 steps an epoch, 30 in all, the first 10 warming up.
-    settings = dict(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=1)
+    chosen = dict(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=1)
     np.testing.assert_allclose(
-        step_sizes(main.Config(**settings), [0, 5, 10, 20, 30]),
+        step_sizes(settings.Config(**chosen), [0, 5, 10, 20, 30]),
         [1e-4, 5.5e-4, 1e-3, 5e-4, 0.0],
         rtol=1e-4,
         atol=1e-9,
     )
     # Without the cosine, the step size stays at its top after the warm-up.
     np.testing.assert_allclose(
-        step_sizes(main.Config(**settings, cosine_decay=False), [0, 10, 30]),
+        step_sizes(settings.Config(**chosen, cosine_decay=False), [0, 10, 30]),
         [1e-4, 1e-3, 1e-3],
         rtol=1e-4,
     )
     # Without a warm-up the cosine starts at the full step size.
     np.testing.assert_allclose(
         step_sizes(
-            main.Config(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=0), [0, 15]
+            settings.Config(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=0),
+            [0, 15],
         ),
         [1e-3, 5e-4],
         rtol=1e-4,
@@ -201,17 +205,20 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "dtype": encoder.layers[1].compute
 def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(
     monkeypatch, bfloat16_seconds, expected
 ):
-    import vae
-
     timings = {"float32": 1.0, "mixed_bfloat16": bfloat16_seconds}
-    monkeypatch.setattr(vae, "step_seconds", lambda policy, *args, **kwargs: timings[policy])
-    vae.fastest_dtype_policy.cache_clear()
+    monkeypatch.setattr(
+        training, "step_seconds", lambda config, *args, **kwargs: timings[config.dtype_policy]
+    )
+    training.fastest_dtype_policy.cache_clear()
     try:
-        config = main.resolve_dtype_policy(main.Config(dtype_policy="auto"))
+        config = training.resolve_dtype_policy(settings.Config(dtype_policy="auto"))
     finally:
-        vae.fastest_dtype_policy.cache_clear()  # later tests time the real steps again
+        training.fastest_dtype_policy.cache_clear()  # later tests time the real steps again
     assert config.dtype_policy == expected
-    assert main.resolve_dtype_policy(main.Config(dtype_policy="float32")).dtype_policy == "float32"
+    assert (
+        training.resolve_dtype_policy(settings.Config(dtype_policy="float32")).dtype_policy
+        == "float32"
+    )
 
 
 def test_auto_dtype_policy_run_records_what_it_trained_in(tmp_path, mnist_dir):

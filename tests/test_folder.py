@@ -11,6 +11,8 @@ from PIL import Image
 
 import data
 import main
+import results
+import settings
 from conftest import quick_config
 from data import DataError
 
@@ -140,7 +142,7 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
     unlabelled: drawn in one colour, and refused as a conditional model. --evaluate-only
     scores the images the run held out, whatever --seed and --test-split say then."""
     classes, flat, _ = mnist_pngs
-    settings = dict(image_size=28, limit=1200, epochs=2, image_every=0)
+    chosen = dict(image_size=28, limit=1200, epochs=2, image_every=0)
     elbo = {}
     for name, dataset, data_dir in (
         ("idx", "mnist", mnist_dir),
@@ -148,7 +150,7 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
         ("flat", "folder", str(flat)),
     ):
         config = quick_config(
-            tmp_path / name, data_dir, dataset=dataset, test_split=1 / 6, **settings
+            tmp_path / name, data_dir, dataset=dataset, test_split=1 / 6, **chosen
         )
         main.train(config)
         record = json.loads((tmp_path / name / "models" / "metrics.json").read_text())
@@ -161,8 +163,8 @@ def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
 
     (sprite,) = (tmp_path / "classes").glob("logs/*/projector/sprite.png")  # the test images
     held_out = sprite.read_bytes()
-    main.evaluate_saved_model(
-        main.Config(
+    results.evaluate_saved_model(
+        settings.Config(
             dataset="folder",
             data_dir=str(classes),
             output_dir=str(tmp_path / "classes"),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import evaluation
+import training
 import vae as vae_module
 from conftest import small_vae
 
@@ -121,7 +122,7 @@ def test_fused_adam_trains_exactly_as_keras_adam():
     """main.py's optimizer is Keras' Adam with one TensorFlow kernel per update: same weights."""
     images = np.random.default_rng(3).random((96, 32, 32, 1), dtype=np.float32)
     trained = []
-    for optimizer_class in (keras.optimizers.Adam, vae_module.FusedAdam):
+    for optimizer_class in (keras.optimizers.Adam, training.FusedAdam):
         keras.utils.set_random_seed(0)  # the same initial weights for both
         # With conv biases: without them this tiny model turns the two optimizers' rounding
         # differences (1e-7 after one step) into 1e-3 within a few steps.

@@ -11,6 +11,7 @@ import pytest
 
 import evaluation
 import pixel_head
+import settings
 import vae as vae_module
 
 
@@ -104,19 +105,18 @@ def test_drawn_values_follow_the_mixture():
 
 
 def test_a_vae_with_a_pixel_head_saves_reloads_and_draws(tmp_path):
-    model = vae_module.build_vae(
+    config = settings.Config(
         image_size=8,
-        channels=3,
+        colour="rgb",
         latent_dim=4,
         filters=4,
         hidden_units=8,
         hidden_layers=1,
-        dense_activation="gelu",
-        conv_bias=False,
-        beta=1.0,
         seed=0,
         likelihood="autoregressive",
+        dtype_policy="float32",
     )
+    model = vae_module.build_vae(config)
     images = keras.ops.convert_to_tensor(np.random.default_rng(4).uniform(size=(3, 8, 8, 3)))
     path = tmp_path / "vae.keras"
     model.save(path)

@@ -20,7 +20,9 @@ import pytest
 import callbacks
 import data
 import main
+import results
 import run_folder
+import settings
 from callbacks import StopOnSignal
 from conftest import REPO, quick_arguments, quick_config, wait_for_first_epoch
 
@@ -116,16 +118,16 @@ def test_an_interruption_after_training_resumes_to_the_end_without_training_agai
     tmp_path, mnist_dir, monkeypatch
 ):
     config = quick_config(tmp_path, mnist_dir, plots=False)
-    report = main.report
+    report = results.report
 
     def interrupted(*args, **kwargs):
         raise callbacks.Terminated
 
-    monkeypatch.setattr(main, "report", interrupted)
+    monkeypatch.setattr(results, "report", interrupted)
     with pytest.raises(callbacks.Terminated):
         main.train(config)
     assert (tmp_path / "models" / "vae.keras").exists() and (tmp_path / "backup").exists()
-    monkeypatch.setattr(main, "report", report)
+    monkeypatch.setattr(results, "report", report)
     _, history = main.train(config)
     assert history.epoch == []  # nothing left to train
     record = json.loads((tmp_path / "models" / "metrics.json").read_text())
@@ -215,7 +217,7 @@ FULL_DISK = """
 import hashlib, json, os, sys
 sys.path.insert(0, {repo!r})
 import keras
-import main
+import main, settings
 
 output_dir = {output_dir!r}
 arguments = {arguments!r}
@@ -250,7 +252,7 @@ with open(os.path.join(output_dir, "checkpoint.keras"), "rb") as file:
     checkpoint_kept = hashlib.sha256(file.read()).hexdigest() == fill.checkpoint
 keras.saving.load_model(os.path.join(output_dir, "checkpoint.keras"))  # whole
 os.remove(filler)
-vae, history = main.train(main.parse_args(arguments))  # the same command, with room again
+vae, history = main.train(settings.parse_args(arguments))  # the same command, with room again
 print(json.dumps({{"message": message, "checkpoint_kept": checkpoint_kept,
                   "resumed_epochs": history.epoch}}))
 """
@@ -315,7 +317,7 @@ def test_unwritable_output_is_refused_before_training(tmp_path):
     for output_dir in (blocker, blocker / "inside"):
         with pytest.raises(main.RunError, match="is a file|cannot write"):
             main.train(
-                main.Config(output_dir=str(output_dir), data_dir="/nonexistent")
+                settings.Config(output_dir=str(output_dir), data_dir="/nonexistent")
             )  # data is never read
 
 
@@ -327,7 +329,7 @@ def test_read_only_output_is_refused_before_training(tmp_path):
         output_dir = str(tmp_path / "out")
     try:
         with pytest.raises(main.RunError, match="cannot write"):
-            main.train(main.Config(output_dir=output_dir, data_dir="/nonexistent"))
+            main.train(settings.Config(output_dir=output_dir, data_dir="/nonexistent"))
     finally:
         tmp_path.chmod(0o700)
 
@@ -351,9 +353,9 @@ def test_corrupt_model_file_is_named(trained_run, tmp_path, damage):
     original = (output_dir / "models" / "vae.keras").read_bytes()
     broken = os.urandom(2000) if damage == "garbage" else original[: len(original) // 2]
     (models / "vae.keras").write_bytes(broken)
-    config = main.Config(output_dir=str(tmp_path), evaluate_only=True, data_dir="/nonexistent")
+    config = settings.Config(output_dir=str(tmp_path), evaluate_only=True, data_dir="/nonexistent")
     with pytest.raises(main.RunError, match=r"models/vae.keras: not a readable Keras model file"):
-        main.evaluate_saved_model(config)
+        results.evaluate_saved_model(config)
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--evaluate-only", "--output-dir", str(tmp_path)])
     assert "vae.keras: not a readable Keras model file" in str(exit_info.value.code)
@@ -362,7 +364,7 @@ def test_corrupt_model_file_is_named(trained_run, tmp_path, damage):
 
 def started_run(tmp_path, fingerprint="data-1", **overrides):
     """A backup/run.json as a run leaves it at its start; returns the config."""
-    config = main.Config(output_dir=str(tmp_path), latent_dim=2, **overrides)
+    config = settings.Config(output_dir=str(tmp_path), latent_dim=2, **overrides)
     assert run_folder.prepare_run(config, True, fingerprint)[1] is False
     return config
 
@@ -392,7 +394,7 @@ def test_a_resume_checks_the_data_and_the_run_record(tmp_path):
     run_file.write_text(json.dumps(record)[:-10])  # cut short
     with pytest.raises(main.RunError, match=r"run.json: unreadable"):
         run_folder.prepare_run(config, True, "data-1")
-    fresh = main.Config(output_dir=str(tmp_path), latent_dim=2, fresh=True, run_name="../out")
+    fresh = settings.Config(output_dir=str(tmp_path), latent_dim=2, fresh=True, run_name="../out")
     with pytest.raises(main.RunError, match=r"--run-name \.\./out: give a folder name alone"):
         run_folder.prepare_run(fresh, True, "data-1")
 

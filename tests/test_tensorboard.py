@@ -86,7 +86,7 @@ def test_the_projector_shows_every_test_image_with_its_class_and_picture(
     info = json.loads(tensorboard("data/plugin/projector/info", run=f"{run}/projector"))
     (embedding,) = info["embeddings"]
     config = quick_config(logs, mnist_dir, **RUNS[run])
-    images = main.load_images(config)
+    images = data.load_for(config)
     test_images, test_labels = images.test_images, images.test_labels
     count = len(test_images)  # 512 // 6 = 85: all of them
     assert embedding["tensorName"] == TENSOR

@@ -14,6 +14,7 @@ import callbacks
 import data
 import main
 import plotting
+import settings
 from conftest import (
     REPO,
     RUN_OUTPUTS,
@@ -103,7 +104,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
 
 def interrupt_after_the_first_epoch(config, monkeypatch):
     """main.train(config), stopped by Ctrl-C once its first epoch is backed up."""
-    make_callbacks = main.make_callbacks
+    make_callbacks = callbacks.make_callbacks
     with monkeypatch.context() as patched:
         patched.setattr(
             main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
@@ -167,7 +168,7 @@ def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, mo
     interrupt_after_the_first_epoch(config, monkeypatch)
     best = (tmp_path / "checkpoint.keras").read_bytes()
 
-    make_callbacks = main.make_callbacks
+    make_callbacks = callbacks.make_callbacks
     monkeypatch.setattr(
         main, "make_callbacks", lambda *args: make_callbacks(*args) + [SpoilTheWeights()]
     )
@@ -258,7 +259,7 @@ def test_interpolation_pairs_are_of_two_images_of_other_classes_where_there_are(
     ],
 )
 def test_a_run_of_too_few_steps_says_how_to_get_more(train_count, batch_size, epochs, expected):
-    config = main.Config(batch_size=batch_size, epochs=epochs)
+    config = settings.Config(batch_size=batch_size, epochs=epochs)
     assert main.few_steps_advice(config, train_count) == expected
 
 
