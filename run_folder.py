@@ -24,6 +24,8 @@ import shutil
 
 import keras
 
+import data
+
 try:
     import fcntl  # file locks, to keep two runs out of one output folder (POSIX only)
 except ImportError:
@@ -368,7 +370,7 @@ def read_metrics(output_dir):
 def check_output_outside_images(config):
     """A folder of images is read with its sub-folders (hidden ones aside): an --output-dir
     in it would make the run's folders classes, or its plots training images, next time."""
-    if config.dataset != "folder" or not config.data_dir:
+    if not data.DATASETS[config.dataset].whole_folder or not config.data_dir:
         return
     images, output = os.path.realpath(config.data_dir), os.path.realpath(config.output_dir)
     first_folder = os.path.relpath(output, images).split(os.sep)[0]

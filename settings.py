@@ -400,7 +400,7 @@ def settings_problem(config):
         if config.latent_dim not in (None, 2):
             return "--plot-class draws a class's 2-D manifold: it needs --latent-dim 2"
     # Digits are padded to the size, so it cannot be below theirs; other images are resized.
-    smallest = data.ORIGINAL_SIZE if config.dataset in data.PADDED_DATASETS else 4  # TODO registry
+    smallest = data.DATASETS[config.dataset].original_size or 4
     if config.image_size % 4 or config.image_size < smallest:
         return (
             f"--image-size must be a multiple of 4 and at least {smallest} for --dataset "
@@ -415,7 +415,7 @@ def settled(config, colour=None, train_count=None):
     for that colour (COLOUR_DEFAULTS) and, given the number of training images, the epochs
     and how often TensorBoard gets pictures."""
     if config.colour == "auto":
-        colour = colour or data.STORED_COLOUR.get(config.dataset)  # TODO registry
+        colour = colour or data.DATASETS[config.dataset].colour
         if colour is None:
             raise ValueError("a folder's colour is known once it is read: pass its images' colour")
         config = dataclasses.replace(config, colour=colour)

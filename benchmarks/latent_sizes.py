@@ -100,7 +100,8 @@ def load_unpadded_images(config):
         config.dataset, config.data_dir, config.limit
     )
     return tuple(
-        data.prepare_images(images, data.ORIGINAL_SIZE) for images in (train_images, test_images)
+        data.prepare_images(images, data.DATASETS["mnist"].original_size)
+        for images in (train_images, test_images)
     )
 
 
@@ -188,8 +189,12 @@ def speed_ratio(args, images_per_round=6400, rounds=3):
     conv = training.make_model(config, len(train_images))
     mlp = build_mlp_vae(seed=config.seed)
     mlp.compile(optimizer=keras.optimizers.Adam(MLP["learning_rate"]))
-    crop = (config.image_size - data.ORIGINAL_SIZE) // 2
-    unpadded = train_images[:, crop : crop + data.ORIGINAL_SIZE, crop : crop + data.ORIGINAL_SIZE]
+    crop = (config.image_size - data.DATASETS["mnist"].original_size) // 2
+    unpadded = train_images[
+        :,
+        crop : crop + data.DATASETS["mnist"].original_size,
+        crop : crop + data.DATASETS["mnist"].original_size,
+    ]
     models = {
         "mlp": (mlp, data.make_dataset(unpadded, MLP["batch_size"])),
         "conv": (conv, data.make_dataset(train_images, config.batch_size)),

@@ -46,7 +46,7 @@ def write_idx(path, array, magic, compress=True):
 
 def write_idx_files(folder, train_images, train_labels, test_images, test_labels):
     """MNIST's four files, as distributed, with these arrays: a --data-dir for main.py."""
-    import data
+    import mnist_files
 
     arrays = {
         "train_images": train_images,
@@ -55,8 +55,8 @@ def write_idx_files(folder, train_images, train_labels, test_images, test_labels
         "test_labels": test_labels,
     }
     for key, array in arrays.items():
-        magic = data.IMAGES_MAGIC if key.endswith("images") else data.LABELS_MAGIC
-        write_idx(folder / data.IDX_FILES[key], array, magic)
+        magic = mnist_files.IMAGES_MAGIC if key.endswith("images") else mnist_files.LABELS_MAGIC
+        write_idx(folder / mnist_files.IDX_FILES[key], array, magic)
     return arrays
 
 

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
+import cifar10_batches
 import data
 import main
 import results
@@ -88,7 +89,7 @@ def test_reads_the_binary_version(tmp_path):
     archive = write_archive(tmp_path / "cifar-10-binary.tar.gz", files, "cifar-10-batches-bin")
     for source in (folder, tmp_path, archive):
         assert_read_back(source, arrays)
-    assert data.load_cifar10(str(folder))[1] == LABEL_NAMES
+    assert cifar10_batches.read(str(folder))[1] == LABEL_NAMES
 
 
 def test_images_are_stored_as_red_green_blue_planes(tmp_path):
@@ -150,14 +151,14 @@ def test_a_batch_repickled_by_todays_python_is_refused(tmp_path):
     holds; the reader names what it refused rather than trusting it."""
     batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]}
     with pytest.raises(DataError, match=r"refused: the file asks for (numpy\._core|_codecs)"):
-        data.read_cifar10_pickle(pickle.dumps(batch, protocol=2), "repickled")
+        cifar10_batches.read_cifar10_pickle(pickle.dumps(batch, protocol=2), "repickled")
 
 
 def test_an_array_of_objects_is_refused(tmp_path):
     """numpy's own names, but a dtype other than bytes: refused before any array is made."""
     payload = b"\x80\x02cnumpy\ndtype\nq\x01U\x02O8K\x00K\x01\x87Rq\x02."  # numpy.dtype('O8', 0, 1)
     with pytest.raises(DataError, match=r"refused: the file asks for an array of dtype b'O8'"):
-        data.read_cifar10_pickle(payload, "objects")
+        cifar10_batches.read_cifar10_pickle(payload, "objects")
 
 
 def test_truncated_and_oversized_files_give_one_clear_error(tmp_path, batches):
@@ -169,7 +170,7 @@ def test_truncated_and_oversized_files_give_one_clear_error(tmp_path, batches):
         data.load_dataset("cifar10", str(folder))
 
     with open(batch, "wb") as file:  # sparse: no disk space or time spent on it
-        file.truncate(data.CIFAR10_MAX_FILE_BYTES + 1)
+        file.truncate(cifar10_batches.CIFAR10_MAX_FILE_BYTES + 1)
     with pytest.raises(DataError, match=r"data_batch_2: 33,554,433 bytes, more than a CIFAR-10"):
         data.load_dataset("cifar10", str(folder))
 
@@ -189,7 +190,7 @@ def test_an_archive_member_larger_than_a_batch_is_not_read(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         member = tarfile.TarInfo("cifar-10-batches-py/test_batch")
-        member.size = data.CIFAR10_MAX_FILE_BYTES + 1
+        member.size = cifar10_batches.CIFAR10_MAX_FILE_BYTES + 1
         tar.addfile(member, io.BytesIO(bytes(member.size)))
     with pytest.raises(DataError, match=r"test_batch declares 33,554,433 bytes"):
         data.load_dataset("cifar10", str(archive))
@@ -223,7 +224,7 @@ def test_archives_that_are_not_cifar10_are_refused_quickly(tmp_path, batches):
     many = tmp_path / "many" / "cifar-10-python.tar.gz"
     many.parent.mkdir()
     with tarfile.open(many, "w:gz") as tar:
-        for number in range(data.CIFAR10_MAX_MEMBERS + 1):
+        for number in range(cifar10_batches.CIFAR10_MAX_MEMBERS + 1):
             tar.addfile(tarfile.TarInfo(f"empty_{number}"))
     huge = tmp_path / "huge" / "cifar-10-python.tar.gz"
     huge.parent.mkdir()
@@ -247,7 +248,7 @@ def test_a_lying_string_length_does_not_allocate_it():
     for payload in claims:
         tracemalloc.start()
         with pytest.raises(DataError, match="truncated or corrupt"):
-            data.read_cifar10_pickle(payload, "lying")
+            cifar10_batches.read_cifar10_pickle(payload, "lying")
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 10 * 2**20
@@ -291,7 +292,9 @@ def test_damaged_batches_give_data_error_or_a_checked_batch(cut, flips):
         if position < len(payload):
             payload[position] = value
     try:
-        entries = data.read_cifar10_pickle(bytes(payload[: len(payload) - cut]), "damaged")
+        entries = cifar10_batches.read_cifar10_pickle(
+            bytes(payload[: len(payload) - cut]), "damaged"
+        )
     except DataError:
         return
     for value in entries.values():
@@ -318,7 +321,7 @@ def refused_quickly(payload, message):
     started = time.perf_counter()
     try:
         with pytest.raises(DataError, match=message) as refused:
-            data.read_cifar10_pickle(payload, "hostile")
+            cifar10_batches.read_cifar10_pickle(payload, "hostile")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -370,7 +373,9 @@ def test_random_opcode_streams_end_quickly_in_little_memory(pieces):
 
     tracemalloc.start()
     try:
-        entries = data.read_cifar10_pickle(b"\x80\x02" + b"".join(pieces) + b".", "fuzzed")
+        entries = cifar10_batches.read_cifar10_pickle(
+            b"\x80\x02" + b"".join(pieces) + b".", "fuzzed"
+        )
     except DataError as error:
         assert "\n" not in str(error) and len(str(error)) < 300
         entries = {}

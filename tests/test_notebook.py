@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import data
+import mnist_files
 from cifar10_files import python_batches, write_archive
 from conftest import REPO, colour_spread, quick_config
 
@@ -152,7 +153,7 @@ def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidge
     metrics_file.write_text(json.dumps(metrics))
     uncompressed = tmp_path / "uncompressed"
     uncompressed.mkdir()
-    for name in (data.IDX_FILES["test_images"], data.IDX_FILES["test_labels"]):
+    for name in (mnist_files.IDX_FILES["test_images"], mnist_files.IDX_FILES["test_labels"]):
         with gzip.open(os.path.join(mnist_dir, name)) as packed:
             (uncompressed / name.removesuffix(".gz")).write_bytes(packed.read())
     notebook = execute(output_dir, str(uncompressed), hide=("ipywidgets", tmp_path / "hidden"))
