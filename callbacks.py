@@ -65,17 +65,23 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                 replace_durably(self.filepath, self.final_path)
 
 
-class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that never backs up weights from an epoch whose loss is NaN, and
-    keeps the run's record beside the weights (backup/progress.json: epochs, training
-    seconds, best val_loss), so that a resumed run's checkpoint and metrics.json go on from
-    where it stopped.
+def epoch_record_is_whole(path, epochs):
+    """Whether Keras' training_metadata.json at `path` reads whole, with an epoch of a run
+    of `epochs`."""
+    try:
+        with open(path) as file:
+            epoch = json.load(file)["epoch"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return type(epoch) is int and 0 <= epoch <= epochs
 
-    The backup is not deleted when training ends: main.py removes it once the models,
-    metrics and plots are written, so an interruption at any point resumes.
-    With write=False (multi-worker, every worker but the chief) it only restores the
-    chief's backup at the start, so that all workers resume from the same epoch.
-    """
+
+class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that never backs up an epoch whose loss is NaN, and keeps the run's
+    record beside the weights (backup/progress.json: epochs, training seconds, best
+    val_loss) for a resumed run's checkpoint and metrics.json. Kept when training ends
+    (run_folder.finish_run removes it once everything is written), so an interruption at any
+    point resumes. write=False (multi-worker, all but the chief): it only restores."""
 
     def __init__(self, backup_dir, write=True, progress=None, **kwargs):
         super().__init__(backup_dir, delete_checkpoint=False, **kwargs)
@@ -93,9 +99,12 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         the previous epoch's copies (double_checkpoint) when they are whole; else the run
         stops with one line."""
         current, previous = self._training_metadata_path, self._prev_training_metadata_path
-        if not os.path.exists(current) or self.metadata_is_whole(current):
+        epochs = self.params["epochs"]
+        if not os.path.exists(current) or epoch_record_is_whole(current, epochs):
             return
-        whole_copies = os.path.exists(self._prev_weights_path) and self.metadata_is_whole(previous)
+        whole_copies = os.path.exists(self._prev_weights_path) and epoch_record_is_whole(
+            previous, epochs
+        )
         if self.write and whole_copies:
             shutil.copy(self._prev_weights_path, self._weights_path)
             shutil.copy(previous, current)
@@ -105,14 +114,6 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
             f"{current}: damaged, or not written by a run of {self.params['epochs']} epochs; "
             "add --fresh to start over"
         )
-
-    def metadata_is_whole(self, path):
-        try:
-            with open(path) as file:
-                epoch = json.load(file)["epoch"]
-        except (OSError, ValueError, TypeError, KeyError):
-            return False
-        return type(epoch) is int and 0 <= epoch <= self.params["epochs"]
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
@@ -215,16 +216,23 @@ def plural(count, noun):
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def epochs_that_fit(fitting, epochs, first_epoch, budget_seconds):
+    """Advice on the --epochs that fit in `budget_seconds`: `fitting` of them."""
+    budget = duration(budget_seconds)
+    if fitting >= epochs:
+        return f"up to --epochs {fitting} would fit in {budget} here"
+    if fitting > first_epoch:
+        return f"--epochs {fitting} would fit in {budget} here"
+    return f"not even one more epoch fits in {budget} here"
+
+
 class TimeEstimate(keras.callbacks.Callback):
     """After the first training steps, one line: how long the whole run will take on this
     machine (the epochs left with their validation, then the test-set evaluation) and how
-    many --epochs fit in `budget_seconds`.
-
-    The steps after the first `skipped` (which trace the graph) are timed; validation and
-    the evaluation are priced from the same seconds per image by their share of a training
-    step's FLOPs (a training step costs about three forward passes, evaluation_flops is
-    what evaluation.py's passes cost per test image).
-    """
+    many --epochs fit in `budget_seconds`. The steps after the first `skipped` (which trace
+    the graph) are timed; validation and the evaluation are priced from the same seconds per
+    image by their share of a training step's FLOPs (a training step costs about three
+    forward passes; evaluation_flops, evaluation.py's passes per test image)."""
 
     def __init__(
         self,
@@ -270,13 +278,7 @@ class TimeEstimate(keras.callbacks.Callback):
         epochs_left = self.epochs - self.first_epoch
         total = epochs_left * epoch + evaluation
         fitting = int((self.budget_seconds - evaluation) // epoch) + self.first_epoch
-        budget = duration(self.budget_seconds)
-        if fitting >= self.epochs:
-            advice = f"up to --epochs {fitting} would fit in {budget} here"
-        elif fitting > self.first_epoch:
-            advice = f"--epochs {fitting} would fit in {budget} here"
-        else:
-            advice = f"not even one more epoch fits in {budget} here"
+        advice = epochs_that_fit(fitting, self.epochs, self.first_epoch, self.budget_seconds)
         return (
             f"Estimated time on this machine: {duration(total)} (training "
             f"{plural(epochs_left, 'epoch')} of {duration(epoch)}, then the evaluation "

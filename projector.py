@@ -28,7 +28,7 @@ SPRITE_SIDE = 4096  # pixels: the sprite, a square of thumbnails, stays within t
 
 def projector_sample(count, image_size, sprite_side=SPRITE_SIDE):
     """How many test images (the first ones) the Projector shows: all, or as many as fit
-    in a sprite of `sprite_side` pixels square (10,000 at 32x32; 4,096 at 64x64)."""
+    in a sprite of `sprite_side` pixels square (up to 16,384 at 32x32; 4,096 at 64x64)."""
     per_row = sprite_side // image_size
     return min(count, per_row * per_row)
 

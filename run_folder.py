@@ -25,6 +25,7 @@ import shutil
 import keras
 
 import data
+from settings import RESUME_SETTINGS
 
 try:
     import fcntl  # file locks, to keep two runs out of one output folder (POSIX only)
@@ -90,42 +91,13 @@ def output_lock(output_dir):
         yield
 
 
-# Settings that change what the weights mean or the path training takes to them: a backup
-# made with other values must not go on under these. Not the compute dtype: the weights are
-# float32 in both, so a run may go on in the other one (--dtype-policy auto may choose it on
-# another machine).
-RESUME_SETTINGS = (
-    "dataset",
-    "limit",
-    "image_size",
-    "colour",
-    "test_split",
-    "likelihood",
-    "latent_dim",
-    "filters",
-    "hidden_units",
-    "hidden_layers",
-    "dense_activation",
-    "conv_bias",
-    "conditional",
-    "beta",
-    "kl_warmup_epochs",
-    "epochs",
-    "batch_size",
-    "cosine_decay",
-    "lr_warmup_epochs",
-    "learning_rate",
-    "seed",
-)
-
-
 def prepare_run(config, write=True, data_fingerprint=None):
     """Find or start the run: a backup's settings, and the data it learns (`data_fingerprint`,
     data.ImageData.fingerprint), must match this run's; returns its name and whether it
     resumes. With write=False (not the chief) nothing is written or removed."""
     backup_dir = os.path.join(config.output_dir, "backup")
     run_file = os.path.join(backup_dir, "run.json")
-    settings = {name: getattr(config, name) for name in RESUME_SETTINGS}
+    settings = {name: getattr(config, name) for name in RESUME_SETTINGS}  # settings.py
     if config.fresh and write and not remove_folder(backup_dir):
         # It would be resumed from.
         raise RunError(f"--fresh: cannot remove {backup_dir}; remove it, then run again")

@@ -104,16 +104,17 @@ SETTINGS = (
     Setting(
         "dataset",
         "mnist",
-        "which images to learn: folder is a folder of your own images (--data-dir)",
+        "which images to learn: "
+        + "; ".join(f"{name}, {entry.description}" for name, entry in data.DATASETS.items()),
         choices=tuple(data.DATASETS),
         resume=True,
     ),
     Setting(
         "data_dir",
         None,
-        "offline data: the four IDX files (or mnist.npz); CIFAR-10's cifar-10-batches-py, its "
-        "parent or cifar-10-python.tar.gz; for --dataset folder, the folder of images (one "
-        "sub-folder per class, or none). Default: Keras' download",
+        "where the images are, for a data set without a download or offline: "
+        + "; ".join(f"for {name}, {entry.files}" for name, entry in data.DATASETS.items())
+        + ". Default: Keras' download",
         evaluation=True,
     ),
     Setting(
@@ -334,6 +335,9 @@ SETTINGS = (
     ),
 )
 
+# Where README.md's settings table begins and ends; `python settings.py` rewrites it.
+README_TABLE_START = "<!-- settings table"
+README_TABLE_END = "<!-- end of settings table -->"
 # Every setting's value for one run, `config.<name>`; `Config()` holds the defaults.
 Config = dataclasses.make_dataclass(
     "Config",
@@ -447,6 +451,16 @@ def steps_per_epoch(config, train_count):
     return math.ceil(train_count / config.batch_size)
 
 
+def write_readme_table(path="README.md"):
+    """Put `markdown_table` between the settings-table markers of README.md."""
+    with open(path) as file:
+        text = file.read()
+    start = text.index("\n", text.index(README_TABLE_START)) + 1
+    end = text.index(README_TABLE_END)
+    with open(path, "w") as file:
+        file.write(text[:start] + "\n" + markdown_table() + "\n\n" + text[end:])
+
+
 def markdown_table():
     """README.md's settings table: each flag, its default, whether a resume must match it,
     and its help."""
@@ -485,3 +499,7 @@ def check_labels(config, images):
             f"--plot-class draws a class's 2-D manifold, and the latent size of these "
             f"{images.colour} images is {latent_dim}: add --latent-dim 2, or leave it out"
         )
+
+
+if __name__ == "__main__":
+    write_readme_table()

@@ -28,6 +28,7 @@ def runs(mnist_dir, tmp_path_factory):
     return folders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_trains_saves_and_plots(runs, backend):
     if backend not in runs:

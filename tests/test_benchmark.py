@@ -204,6 +204,7 @@ def test_quick_flag_sets_a_small_run_and_explicit_flags_win():
             benchmark.parse_args(wrong)
 
 
+@pytest.mark.slow
 def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     import keras
 
@@ -225,6 +226,7 @@ def test_backend_row_times_the_default_model_on_this_backend(mnist_dir):
     assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+@pytest.mark.slow
 def test_backend_row_trains_on_colour_images(tmp_path, monkeypatch):
     import training
     from cifar10_files import python_batches, write_archive
@@ -258,6 +260,7 @@ def test_each_worker_is_told_its_own_seed_and_budget():
         assert (parsed.seed, parsed.budget, parsed.worker_output) == (seed, budget, "out.json")
 
 
+@pytest.mark.slow
 def test_the_benchmarks_default_run_is_the_one_main_py_trains(tmp_path, mnist_dir):
     """Same seed, same images: the benchmark's default schedule at budget 1 starts from the
     weights `python main.py` starts from and trains the same losses, so its figures are the

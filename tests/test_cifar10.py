@@ -404,6 +404,7 @@ def cifar10_archive(tmp_path_factory):
     return write_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz", files)
 
 
+@pytest.mark.slow
 def test_a_run_on_cifar10_files_trains_reloads_and_draws_in_colour(tmp_path, cifar10_archive):
     import matplotlib.image
     import tensorflow as tf
@@ -469,6 +470,7 @@ print(json.dumps({{"z_mean": z_mean.tolist(), "decoded": decoded.tolist()}}))
         results.evaluate_saved_model(dataclasses.replace(evaluated, colour="grey"))
 
 
+@pytest.mark.slow
 def test_a_conditional_colour_model_at_64_pixels(tmp_path, cifar10_archive):
     vae, _ = main.train(
         quick_config(

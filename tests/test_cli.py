@@ -14,6 +14,7 @@ import settings
 from conftest import REPO, run_main
 
 
+@pytest.mark.slow
 def test_help_documents_every_setting_with_its_default():
     result = run_main(["--help"])
     assert result.returncode == 0
@@ -53,8 +54,8 @@ def test_readme_flags_and_defaults_are_those_of_help():
 
 
 def test_readme_settings_table_says_what_settings_py_says():
-    """Help texts and the settings a resume must match included: regenerate the table with
-    `python -c "import settings; print(settings.markdown_table())"`."""
+    """Help texts and the settings a resume must match included: `python settings.py`
+    rewrites the table."""
     assert readme_settings_table() == settings.markdown_table()
 
 
@@ -190,6 +191,7 @@ def test_the_command_line_wins_over_the_chosen_schedule():
     assert "55 epochs" in main.chosen_schedule(given, config, 3029)
 
 
+@pytest.mark.slow
 def test_bad_data_dir_gives_one_line_error(tmp_path):
     result = run_main(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert result.returncode == 1
@@ -244,6 +246,7 @@ print(json.dumps(_pywrap_util_port.IsMklEnabled()))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, expected", [(None, True), ("0", False)])
 def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected):
     """`python main.py` turns TensorFlow's oneDNN kernels on (faster here, off by TensorFlow's

@@ -66,6 +66,7 @@ print(json.dumps(result))
     ) | {"folder": folder}
 
 
+@pytest.mark.slow
 def test_mirrored_uses_both_logical_cpus(mirrored_vs_one_device):
     assert mirrored_vs_one_device["none"]["replicas"] == 1
     assert mirrored_vs_one_device["mirrored"]["replicas"] == 2
@@ -169,6 +170,7 @@ def assert_same_weights(weights):
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
 
 
+@pytest.mark.slow
 def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir, tmp_path):
     results, weights = finish(
         start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"]), tmp_path
@@ -189,6 +191,7 @@ def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir,
     assert not (tmp_path / "worker1").exists()  # worker 1 wrote nothing at all
 
 
+@pytest.mark.slow
 def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     """Both workers share one output folder; killed after the first epoch, both resume."""
     output_dir = tmp_path / "shared"

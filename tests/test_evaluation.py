@@ -53,6 +53,7 @@ def test_run_records_test_metrics(trained_run):
     assert glob.glob(str(output_dir / "logs" / "*" / "evaluation" / "events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_evaluate_only_keeps_the_trained_settings_in_the_record(tmp_path, mnist_dir, capsys):
     """The record says how the model was trained; --iw-samples, --seed, --limit and
     --data-dir of an --evaluate-only run are recorded as that evaluation's own."""

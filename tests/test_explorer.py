@@ -252,6 +252,7 @@ def explorer_run(tmp_path_factory, mnist_dir):
     return output_dir, decoder
 
 
+@pytest.mark.slow
 def test_the_page_decodes_where_the_pointer_is(browser, explorer_run, mnist_dir):
     output_dir, decoder = explorer_run
     path = output_dir / "plots" / "explorer.html"
@@ -320,6 +321,7 @@ def test_the_page_decodes_where_the_pointer_is(browser, explorer_run, mnist_dir)
     assert not page.errors()
 
 
+@pytest.mark.slow
 def test_a_conditional_colour_page_decodes_the_chosen_class(tmp_path, browser):
     model = small_vae(conditional=True, colour="rgb", latent_dim=3, image_size=16)
     rng = np.random.default_rng(0)
@@ -353,6 +355,7 @@ def test_a_conditional_colour_page_decodes_the_chosen_class(tmp_path, browser):
     assert not page.errors()
 
 
+@pytest.mark.slow
 def test_evaluate_only_writes_the_same_page_again(explorer_run, mnist_dir):
     import main
 

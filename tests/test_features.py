@@ -22,6 +22,7 @@ def read_events(folder, kind):
     return accumulator
 
 
+@pytest.mark.slow
 def test_fashion_mnist_trains_and_names_its_run(tmp_path, fashion_mnist_dir):
     _, history = main.train(quick_config(tmp_path, fashion_mnist_dir, dataset="fashion_mnist"))
     assert np.isfinite(history.history["val_loss"][0])
@@ -30,6 +31,7 @@ def test_fashion_mnist_trains_and_names_its_run(tmp_path, fashion_mnist_dir):
     assert (tmp_path / "plots" / "latent_space.png").exists()
 
 
+@pytest.mark.slow
 def test_conditional_decoder_reloads_with_plain_keras_and_follows_the_label(tmp_path, mnist_dir):
     model, _ = main.train(
         quick_config(tmp_path, mnist_dir, conditional=True, epochs=2, limit=1200, plot_class=3)
@@ -60,6 +62,7 @@ print(json.dumps({{"images": images.tolist(), "z_mean": z_mean.tolist()}}))
     assert differences[~np.eye(10, dtype=bool)].min() > 1e-3
 
 
+@pytest.mark.slow
 def test_kl_warmup_rises_step_by_step_and_val_loss_stays_the_true_elbo(tmp_path, mnist_dir):
     # 256 images in batches of 64: 4 steps an epoch, so the 2-epoch warm-up takes 8 steps.
     _, history = main.train(
@@ -165,6 +168,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     )
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_and_its_encoder_reloads_with_plain_keras(tmp_path, mnist_dir):
     model, history = main.train(
         quick_config(tmp_path, mnist_dir, dtype_policy="mixed_bfloat16", limit=256, plots=False)
@@ -221,6 +225,7 @@ def test_auto_dtype_policy_takes_bfloat16_only_where_clearly_faster(
     )
 
 
+@pytest.mark.slow
 def test_auto_dtype_policy_run_records_what_it_trained_in(tmp_path, mnist_dir):
     model, _ = main.train(
         quick_config(tmp_path, mnist_dir, dtype_policy="auto", limit=256, plots=False)

@@ -135,6 +135,7 @@ def test_folder_mistakes_give_one_sentence(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_folder_runs_train_like_the_idx_files(tmp_path, mnist_dir, mnist_pngs):
     """The same digits through the folder and through the IDX files (28x28: the folder's
     files are used as they are): the test negative ELBOs agree within a few per cent, the

@@ -73,6 +73,7 @@ def two_runs(tmp_path_factory, mnist_dir):
     return output_dir
 
 
+@pytest.mark.slow
 def test_a_larger_latent_run_draws_traversals_and_records_active_units_and_the_floor(
     two_runs, mnist_dir
 ):

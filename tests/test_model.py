@@ -118,6 +118,7 @@ def test_fit_reports_loss_and_its_parts():
     )
 
 
+@pytest.mark.slow
 def test_fused_adam_trains_exactly_as_keras_adam():
     """main.py's optimizer is Keras' Adam with one TensorFlow kernel per update: same weights."""
     images = np.random.default_rng(3).random((96, 32, 32, 1), dtype=np.float32)

@@ -90,6 +90,7 @@ def pictures_in(cell):
     ]
 
 
+@pytest.mark.slow
 def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, tmp_path):
     pytest.importorskip("ipywidgets")
     output_dir, _, _ = trained_run  # latent size 2
@@ -134,6 +135,7 @@ def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, t
     assert len(drawn) == 1
 
 
+@pytest.mark.slow
 def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidgets(
     tmp_path, mnist_dir
 ):
@@ -164,6 +166,7 @@ def test_notebook_draws_a_conditional_model_of_three_dimensions_without_ipywidge
     assert "ipywidgets is not installed" in printed(notebook)
 
 
+@pytest.mark.slow
 def test_notebook_draws_a_colour_model_in_colour(tmp_path):
     """A CIFAR-10 model, its test images read from the archive itself."""
     import main

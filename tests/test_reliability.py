@@ -73,6 +73,7 @@ class CompleteFileWatcher(threading.Thread):
                     self.broken.append(path)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist_dir):
     checkpoint = tmp_path / "checkpoint.keras"
     watcher = CompleteFileWatcher([checkpoint])
@@ -95,6 +96,7 @@ def test_killed_run_resumes_with_optimizer_state_and_whole_files(tmp_path, mnist
     )  # Adam's step count came back too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sent, status, said",
     [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")],
@@ -114,6 +116,7 @@ def test_ctrl_c_and_sigterm_stop_keep_the_backup_and_say_how_to_resume(
     assert (tmp_path / "backup" / "latest.weights.h5").exists()
 
 
+@pytest.mark.slow
 def test_an_interruption_after_training_resumes_to_the_end_without_training_again(
     tmp_path, mnist_dir, monkeypatch
 ):
@@ -258,6 +261,7 @@ print(json.dumps({{"message": message, "checkpoint_kept": checkpoint_kept,
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_run_in_one_sentence_and_loses_nothing(tmp_path, mnist_dir):
     """A real small file system (tmpfs in a private mount namespace) filled after the first
     epoch: the second epoch's save fails, the run says which folder needs how much, the
@@ -291,6 +295,7 @@ def test_a_full_disk_ends_the_run_in_one_sentence_and_loses_nothing(tmp_path, mn
     assert outcome["resumed_epochs"] == [1]  # the first epoch's backup was whole
 
 
+@pytest.mark.slow
 def test_diverging_run_exits_nonzero_and_keeps_earlier_files(tmp_path, mnist_dir):
     main.train(quick_config(tmp_path, mnist_dir, plots=False))
     kept = {

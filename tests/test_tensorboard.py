@@ -78,6 +78,7 @@ def tensorboard(logs):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_the_projector_shows_every_test_image_with_its_class_and_picture(
     tensorboard, logs, mnist_dir, run

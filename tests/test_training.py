@@ -113,6 +113,7 @@ def interrupt_after_the_first_epoch(config, monkeypatch):
             main.train(config)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False, kl_warmup_epochs=2)
     interrupt_after_the_first_epoch(config, monkeypatch)
@@ -124,6 +125,7 @@ def test_interrupted_run_resumes_at_the_next_epoch(tmp_path, mnist_dir, monkeypa
     assert len(os.listdir(tmp_path / "logs")) == 1  # and it logged into the same run
 
 
+@pytest.mark.slow
 def test_backup_from_other_settings_is_refused(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
     interrupt_after_the_first_epoch(config, monkeypatch)
@@ -139,6 +141,7 @@ def test_backup_from_other_settings_is_refused(tmp_path, mnist_dir, monkeypatch)
     assert history.epoch == [0, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changed, expected",
     [({"learning_rate": 2e-3}, "learning_rate 0.004 -> 0.002"), ({"seed": 8}, "seed 1337 -> 8")],
@@ -163,6 +166,7 @@ class SpoilTheWeights(keras.callbacks.Callback):
         bias.assign(np.full(bias.shape, 20.0, "float32"))
 
 
+@pytest.mark.slow
 def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, monkeypatch):
     config = quick_config(tmp_path, mnist_dir, epochs=2, limit=256, plots=False)
     interrupt_after_the_first_epoch(config, monkeypatch)
@@ -179,6 +183,7 @@ def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, mo
     assert record["training"]["epochs_trained"] == 2  # both processes' epochs
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_and_other_seed_differs(tmp_path, mnist_dir):
     def losses(name, seed):
         config = quick_config(
@@ -191,6 +196,7 @@ def test_same_seed_repeats_and_other_seed_differs(tmp_path, mnist_dir):
     assert first["loss"] != other["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [6, 11])
 def test_a_single_test_image_finishes_with_every_plot_it_can_draw(tmp_path, mnist_dir, limit):
     result = run_main(quick_arguments(tmp_path, mnist_dir, limit=limit), timeout=180)
@@ -203,6 +209,7 @@ def test_a_single_test_image_finishes_with_every_plot_it_can_draw(tmp_path, mnis
     assert "Only 1 training step in all" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_test_set_of_one_class_finishes(tmp_path, mnist_dir):
     """Interpolation pairs images of different classes where it can: with one class, it
     pairs images of that class instead of searching for another one for ever."""
