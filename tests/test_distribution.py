@@ -214,6 +214,7 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
     assert_same_weights(weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tf_config, message",
     [

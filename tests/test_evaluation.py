@@ -22,6 +22,7 @@ def bar_images(count, seed):
     return images
 
 
+@pytest.mark.slow
 def test_importance_weighted_nll_tightens_with_more_samples():
     keras.utils.set_random_seed(1)  # a fixed start: a tiny model can also collapse to a constant
     model = small_vae(filters=8, hidden_units=32, seed=1)

@@ -142,6 +142,7 @@ def step_sizes(config, steps, train_size=640):
     return sizes
 
 
+@pytest.mark.slow
 def test_learning_rate_warms_up_then_follows_the_cosine():
     # 640 images in batches of 64: 10 steps an epoch, 30 in all, the first 10 warming up.
     chosen = dict(epochs=3, batch_size=64, learning_rate=1e-3, lr_warmup_epochs=1)
