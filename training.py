@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 
+import data
 import vae as vae_module
 from fused_adam import FusedAdam
 from settings import settled, steps_per_epoch
@@ -19,9 +20,8 @@ from settings import settled, steps_per_epoch
 # bfloat16 is chosen only where its steps take less than this share of float32's: a
 # closer call is not worth its rounding, and should not flip between runs on one machine.
 BFLOAT16_SPEED_MARGIN = 0.9
-# The classes of MNIST, Fashion-MNIST and CIFAR-10: a conditional model's label width when
-# no data says otherwise.
-DEFAULT_CLASSES = 10
+# A conditional model's label width when no data says otherwise: that of the data sets.
+DEFAULT_CLASSES = data.NUM_CLASSES
 
 
 def build_model(config, num_classes=DEFAULT_CLASSES):
