@@ -15,7 +15,7 @@ import numpy as np
 import data
 import vae as vae_module
 from fused_adam import FusedAdam
-from settings import settled, steps_per_epoch
+from settings import Config, settled, steps_per_epoch
 
 # bfloat16 is chosen only where its steps take less than this share of float32's: a
 # closer call is not worth its rounding, and should not flip between runs on one machine.
@@ -71,7 +71,36 @@ def resolve_dtype_policy(config, num_classes=DEFAULT_CLASSES):
     config = settled(config)
     if config.dtype_policy != "auto":
         return config
-    return dataclasses.replace(config, dtype_policy=fastest_dtype_policy(config, num_classes))
+    # Timed once per process and model shape: runs that differ only in their schedule, seed
+    # or folders take the same dtype.
+    shape = dataclasses.replace(
+        config, **{name: getattr(Config(), name) for name in UNTIMED_SETTINGS}
+    )
+    return dataclasses.replace(config, dtype_policy=fastest_dtype_policy(shape, num_classes))
+
+
+# Settings that leave a training step's work as it is.
+UNTIMED_SETTINGS = (
+    "dataset",
+    "data_dir",
+    "limit",
+    "test_split",
+    "beta",
+    "kl_warmup_epochs",
+    "epochs",
+    "learning_rate",
+    "lr_warmup_epochs",
+    "cosine_decay",
+    "seed",
+    "iw_samples",
+    "output_dir",
+    "run_name",
+    "fresh",
+    "plots",
+    "plot_class",
+    "image_every",
+    "evaluate_only",
+)
 
 
 @functools.cache
@@ -79,7 +108,7 @@ def fastest_dtype_policy(config, num_classes):
     """ "mixed_bfloat16" where this machine trains the VAE of `config` clearly faster in
     bfloat16 (a CPU with AVX512-BF16 or AMX and kernels that use them, a recent GPU), else
     "float32". Measured rather than read off the CPU's flags, because a CPU may report
-    bfloat16 instructions that the kernels do not use. Once per process and config."""
+    bfloat16 instructions that the kernels do not use."""
     seconds = {
         policy: step_seconds(dataclasses.replace(config, dtype_policy=policy), num_classes)
         for policy in ("float32", "mixed_bfloat16")
