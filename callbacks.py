@@ -30,6 +30,7 @@ from run_folder import (
     saving,
     write_atomically,
 )
+from settings import steps_per_epoch
 
 """
 ## Checkpoint and backup: never from a diverging epoch, never half-written
@@ -391,7 +392,7 @@ def make_callbacks(config, run_name, vae, train_count, images, progress, is_chie
         FiniteBackupAndRestore(backup_dir, double_checkpoint=True, progress=progress),
         TimeEstimate(
             config.epochs,
-            math.ceil(train_count / config.batch_size),
+            steps_per_epoch(config, train_count),
             config.batch_size,
             len(images.test_images),
             evaluation_flops(vae, config.iw_samples),
