@@ -32,7 +32,7 @@ from scipy.special import entr, logsumexp
 
 from data import one_hot
 from training import jit_compile
-from vae import kl_divergence
+from vae import decode_for_loss, image_nats, kl_divergence
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
@@ -76,9 +76,9 @@ def sample_nats_model(vae):
     `[z, image]` (`[z, one_hot_label, image]` if conditional); output: nats per pair."""
     decoder_inputs = [keras.Input(shape=tensor.shape[1:]) for tensor in vae.decoder_logits.inputs]
     image = keras.Input(shape=vae.encoder.inputs[0].shape[1:])
-    decoded = vae.decode_for_loss(decoder_inputs if vae.conditional else decoder_inputs[0], image)
+    decoded = decode_for_loss(vae, decoder_inputs if vae.conditional else decoder_inputs[0], image)
     scorer = keras.Model(
-        [*decoder_inputs, image], vae.reconstruction_nats(image, decoded), name="sample_nats"
+        [*decoder_inputs, image], image_nats(vae, image, decoded), name="sample_nats"
     )
     scorer.compile(jit_compile=jit_compile(vae))  # as in training
     return scorer

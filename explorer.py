@@ -82,7 +82,9 @@ def decode_plane(decoder, origin, axes, uv, label):
 
 
 def eight_bit(images):
-    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    scaled = np.clip(images, 0, 1).astype(np.float32, copy=False)
+    scaled *= 255  # in place: these arrays run to hundreds of megabytes
+    return np.round(scaled, out=scaled).astype(np.uint8)
 
 
 def png_uri(picture):
@@ -110,13 +112,17 @@ def blend(grid, uv, square):
     i = np.minimum(np.floor(gx), cells - 2).astype(int)
     j = np.minimum(np.floor(gy), cells - 2).astype(int)
     fx, fy = gx - i, gy - j
-    shape = (-1, 1, 1, 1)
-    w00, w10 = ((1 - fx) * (1 - fy)).reshape(shape), (fx * (1 - fy)).reshape(shape)
-    w01, w11 = ((1 - fx) * fy).reshape(shape), (fx * fy).reshape(shape)
+    weights = [(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy]
     corners = [grid[j, i], grid[j, i + 1], grid[j + 1, i], grid[j + 1, i + 1]]
-    a, b, c, d = (corner.astype(np.float64) for corner in corners)
-    value = w00 * a + w10 * b + w01 * c + w11 * d
-    return np.clip(np.round(value), 0, 255) / 255  # a canvas rounds halves to even too
+    # Summed in place, in the page's order: a blend of many large pictures would otherwise
+    # spend most of its time making temporary arrays. Weights that sum to 1 keep the value
+    # within [0, 255].
+    value = np.zeros(corners[0].shape)
+    for weight, corner in zip(weights, corners, strict=True):
+        value += weight.reshape(-1, 1, 1, 1) * corner
+    np.round(value, out=value)  # a canvas rounds halves to even too
+    value /= 255
+    return value
 
 
 def blend_errors(decoder, origin, axes, grid, square, label, seed=0):

@@ -63,6 +63,7 @@ from run_folder import (  # noqa: E402
     read_progress,
     save_models,
 )
+from vae import start_likelihood_from_data  # noqa: E402
 
 # Below this many optimizer steps in all, the model learns little more than the average
 # image (docs/performance.md, "How to check"): a run that short says how to get more.
@@ -96,7 +97,7 @@ def train(config):
         with placement.scope():
             model = training.make_model(config, train_count, images.num_classes)
             vae = placement.prepare(model)
-            vae.start_from_data(images.train_images)
+            start_likelihood_from_data(vae, images.train_images)
 
         # Train, resuming an interrupted run where its backup stands.
         run_name, resumed = prepare_run(config, placement.is_chief, images.fingerprint())

@@ -229,8 +229,8 @@ def sample_images(head, features, channels, components, seed=0):
         top = max(0, row - reach)
         window_features = features[:, top : row + 1]
         for column in range(width):
-            parameters = head([window_features, images[:, top : row + 1]], training=False)
-            parameters = ops.convert_to_numpy(parameters)[:, -1, column]
+            parameters = head.predict_on_batch([window_features, images[:, top : row + 1]])
+            parameters = np.asarray(parameters)[:, -1, column]
             left = images[:, row, column - 1] if column else np.zeros((count, channels))
             images[:, row, column] = sample_pixel(parameters, left, channels, components, rng)
     return images

@@ -28,6 +28,7 @@ from run_folder import (
     write_atomically,
 )
 from settings import EVALUATION_SETTINGS, check_labels
+from vae import draw_images
 
 
 def finish(vae, config, images, run_name, training, trained=None):
@@ -187,7 +188,9 @@ def draw_plots(vae, config, images):
         plots_dir,
         seed=config.seed,
         plot_class=config.plot_class,
-        draw=None if vae.pixel_head is None else functools.partial(vae.draw, seed=config.seed),
+        draw=None
+        if vae.pixel_head is None
+        else functools.partial(draw_images, vae, seed=config.seed),
     )
     explorer.write_explorer(
         vae.encoder,

@@ -37,7 +37,7 @@ def make_model(config, train_size, num_classes=DEFAULT_CLASSES):
     config = settled(config, train_count=train_size)
     vae = build_model(config, num_classes)
     epoch_steps = steps_per_epoch(config, train_size)
-    vae.start_kl_warmup(config.kl_warmup_epochs * epoch_steps)
+    vae_module.start_kl_warmup(vae, config.kl_warmup_epochs * epoch_steps)
     total_steps = config.epochs * epoch_steps
     warmup_steps = min(config.lr_warmup_epochs * epoch_steps, total_steps)
     learning_rate = config.learning_rate

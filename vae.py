@@ -25,6 +25,7 @@ import math
 import keras
 import numpy as np
 from keras import layers, ops
+from keras.saving import deserialize_keras_object, serialize_keras_object
 
 import fused_adam  # noqa: F401  (registers the optimizer a saved VAE names)
 import pixel_head
@@ -39,6 +40,7 @@ LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregress
 # the weight of the decoder's own image in its training loss (VAE.compute_loss).
 PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 DECODER_IMAGE_WEIGHT = 0.1
+PARTS = ("encoder", "decoder", "pixel_head")  # the VAE's models, saved in its config
 
 
 def layer_options(config):
@@ -190,43 +192,22 @@ def decoded_image(logits, likelihood="bernoulli"):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VAE(keras.Model):
-    """Encoder + Sampling + decoder, trained on the negative ELBO in nats per image.
+    """Encoder + Sampling + decoder, trained on the negative ELBO in nats per image by
+    `compute_loss`, which Keras' own `train_step` and `test_step` call on every backend. A
+    conditional VAE (its decoder reads `[z, label]`) is called on `(images, one_hot_labels)`."""
 
-    `compute_loss` is the one training override: Keras' own `train_step` and `test_step`
-    call it, so training and validation share it on every backend. A conditional VAE (its
-    decoder takes `[z, label]`) is called on `(images, one_hot_labels)`. With the
-    autoregressive likelihood, a `pixel_head` scores each pixel given z and the pixels
-    before it; the decoder's own image is trained beside it (DECODER_IMAGE_WEIGHT): it is
-    what the saved decoder draws in one pass, and it gives z a reason to carry the picture.
-    """
-
-    def __init__(
-        self,
-        encoder,
-        decoder,
-        beta=1.0,
-        seed=None,
-        likelihood="bernoulli",
-        pixel_head=None,
-        **kwargs,
-    ):
+    def __init__(self, encoder, decoder, pixel_head, likelihood, beta=1.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         check_parts(encoder, decoder, likelihood, pixel_head)
         self.encoder, self.decoder, self.pixel_head = encoder, decoder, pixel_head
         self.beta, self.seed, self.likelihood = beta, seed, likelihood
         self.sampling = Sampling(seed=seed, name="sampling")
-        # What the parts say of the images, for training, evaluation and the plots.
         self.conditional = len(decoder.inputs) == 2  # the decoder reads [z, label]
         self.num_classes = decoder.inputs[1].shape[-1] if self.conditional else 0
         self.channels = encoder.inputs[0].shape[-1]
         self.dimensions = math.prod(encoder.inputs[0].shape[1:])  # what bits/dim divide by
         self.mixture_components = mixture_components(pixel_head, self.channels)
-        # The decoder up to what the loss reads (its logits, and what the pixel head reads),
-        # sharing its layers and so its weights.
-        outputs = decoder.get_layer("logits").output
-        if pixel_head is not None:
-            outputs = [outputs, decoder.get_layer("features").output]
-        self.decoder_logits = keras.Model(decoder.input, outputs, name="decoder_logits")
+        self.decoder_logits = logits_model(decoder, pixel_head)
         # Multiplies the KL term while training (beta-VAE, KL warm-up); validation uses 1.
         # A model variable, so a resumed run's warm-up goes on where it stopped; only the
         # first replica's update counts under tf.distribute (they are all the same).
@@ -241,86 +222,96 @@ class VAE(keras.Model):
         z_mean, z_log_var = self.encoder(inputs, training=training)
         z = self.sampling([z_mean, z_log_var])
         images = inputs[0] if self.conditional else inputs
-        outputs = self.decode_for_loss([z, inputs[1]] if self.conditional else z, images, training)
+        outputs = decode_for_loss(self, [z, inputs[1]] if self.conditional else z, images, training)
         return {**outputs, "z_mean": z_mean, "z_log_var": z_log_var}
-
-    def decode_for_loss(self, decoder_inputs, images, training=False):
-        """What the loss reads of `decoder_inputs` (z, or [z, label]): the decoder's float32
-        logits, its image and, with a pixel head, each pixel's mixture given `images`."""
-        outputs = self.decoder_logits(decoder_inputs, training=training)
-        logits = outputs[0] if self.pixel_head is not None else outputs
-        logits = ops.cast(logits, "float32")  # the image and the loss in float32
-        decoded = {"reconstruction": decoded_image(logits, self.likelihood), "logits": logits}
-        if self.pixel_head is not None:
-            decoded["pixels"] = self.pixel_head([outputs[1], images], training=training)
-        return decoded
-
-    def reconstruction_nats(self, images, decoded):
-        """-log p(x|z) in nats per image, from `decode_for_loss`'s outputs."""
-        if self.pixel_head is not None:
-            return pixel_head.mixture_nats(images, decoded["pixels"], self.mixture_components)
-        return reconstruction_nats(images, decoded["logits"], self.likelihood)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images = ops.cast(x[0] if self.conditional else x, "float32")
-        reconstruction_loss = ops.mean(self.reconstruction_nats(images, y_pred))
+        reconstruction_loss = ops.mean(image_nats(self, images, y_pred))
         kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
         # Weighted by batch size so each epoch's figure is the exact mean per image.
         batch_size = ops.shape(images)[0]
         self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
         self.kl_loss_tracker.update_state(kl_loss, sample_weight=batch_size)
-        # This step's KL weight, a copy: it changes below.
-        kl_weight = ops.copy(self.kl_weight) if training else 1.0
-        loss = reconstruction_loss + kl_weight * kl_loss
-        if training and self.pixel_head is not None:
-            decoder_image_nats = reconstruction_nats(images, y_pred["logits"], self.likelihood)
-            loss = loss + DECODER_IMAGE_WEIGHT * ops.mean(decoder_image_nats)
-        if training and self.kl_warmup_steps:
-            # Inside the step, so the weight rises smoothly on every backend (a callback
-            # setting it each batch would force JAX to copy the whole state every step).
-            raised = self.kl_weight + self.beta / self.kl_warmup_steps
-            self.kl_weight.assign(ops.minimum(self.beta, raised))
+        if not training:  # validation: the true negative ELBO, whatever the KL weight
+            return scale_for_replicas(reconstruction_loss + kl_loss)
+        loss = reconstruction_loss + ops.copy(self.kl_weight) * kl_loss  # before it rises
+        if self.pixel_head is not None:
+            loss = loss + decoder_image_loss(self, images, y_pred)
+        raise_kl_weight(self)
         return scale_for_replicas(loss)
 
-    def start_kl_warmup(self, steps):
-        """Train the first `steps` steps with a KL weight rising linearly from 0 to beta: the
-        encoder first spreads the images out in z, then the prior pulls them in gradually."""
-        self.kl_warmup_steps = int(steps)
-        self.kl_weight.assign(0.0 if steps else self.beta)
-
-    def start_from_data(self, images):
-        """Start the likelihood where the `images` are (start_likelihood_from_data)."""
-        start_likelihood_from_data(self, images)
-
-    def draw(self, decoder_inputs, seed=0):
-        """Images for `decoder_inputs` (z, or [z, one-hot label]; numpy): the decoder's image
-        or, with a pixel head, a draw of every pixel in turn (pixel_head.sample_images)."""
-        if self.pixel_head is None:
-            return np.asarray(self.decoder.predict(decoder_inputs, verbose=0))
-        features = self.decoder_logits.predict(decoder_inputs, verbose=0)[1]
-        return pixel_head.sample_images(
-            self.pixel_head, features, self.channels, self.mixture_components, seed
-        )
-
     def get_config(self):
-        parts = {"encoder": self.encoder, "decoder": self.decoder, "pixel_head": self.pixel_head}
-        return {
-            **super().get_config(),
-            **{
-                name: part and keras.saving.serialize_keras_object(part)
-                for name, part in parts.items()
-            },
-            "beta": self.beta,
-            "seed": self.seed,
-            "likelihood": self.likelihood,
-        }
+        parts = {name: serialize_keras_object(getattr(self, name)) for name in PARTS}
+        chosen = {"beta": self.beta, "seed": self.seed, "likelihood": self.likelihood}
+        return {**super().get_config(), **parts, **chosen}
 
     @classmethod
     def from_config(cls, config):
-        for part in ("encoder", "decoder", "pixel_head"):
-            if config.get(part) is not None:
-                config[part] = keras.saving.deserialize_keras_object(config[part])
-        return cls(**config)
+        parts = {name: deserialize_keras_object(config.pop(name, None)) for name in PARTS}
+        return cls(**parts, **config)
+
+
+def start_kl_warmup(vae, steps):
+    """Train the first `steps` steps with a KL weight rising linearly from 0 to beta: the
+    encoder first spreads the images out in z, then the prior pulls them in gradually."""
+    vae.kl_warmup_steps = int(steps)
+    vae.kl_weight.assign(0.0 if steps else vae.beta)
+
+
+def raise_kl_weight(vae):
+    """One training step's rise of the KL weight during a warm-up. Inside the step, so the
+    weight rises smoothly on every backend (a callback setting it each batch would force JAX
+    to copy the whole state every step)."""
+    if vae.kl_warmup_steps:
+        raised = vae.kl_weight + vae.beta / vae.kl_warmup_steps
+        vae.kl_weight.assign(ops.minimum(vae.beta, raised))
+
+
+def logits_model(decoder, head):
+    """The decoder up to what the loss reads (its logits, and with a pixel `head` the
+    features the head reads), sharing its layers and so its weights."""
+    outputs = decoder.get_layer("logits").output
+    if head is not None:
+        outputs = [outputs, decoder.get_layer("features").output]
+    return keras.Model(decoder.input, outputs, name="decoder_logits")
+
+
+def decode_for_loss(vae, decoder_inputs, images, training=False):
+    """What the loss reads of `decoder_inputs` (z, or [z, label]): the decoder's float32
+    logits, its image and, with a pixel head, each pixel's mixture given `images`."""
+    outputs = vae.decoder_logits(decoder_inputs, training=training)
+    logits = outputs[0] if vae.pixel_head is not None else outputs
+    logits = ops.cast(logits, "float32")  # the image and the loss in float32
+    decoded = {"reconstruction": decoded_image(logits, vae.likelihood), "logits": logits}
+    if vae.pixel_head is not None:
+        decoded["pixels"] = vae.pixel_head([outputs[1], images], training=training)
+    return decoded
+
+
+def image_nats(vae, images, decoded):
+    """-log p(x|z) in nats per image, from `decode_for_loss`'s outputs."""
+    if vae.pixel_head is None:
+        return reconstruction_nats(images, decoded["logits"], vae.likelihood)
+    return pixel_head.mixture_nats(images, decoded["pixels"], vae.mixture_components)
+
+
+def decoder_image_loss(vae, images, decoded):
+    """The decoder's own image, trained beside a pixel head with DECODER_IMAGE_WEIGHT: it is
+    what the saved decoder draws in one pass, and it gives z a reason to carry the picture."""
+    nats = reconstruction_nats(images, decoded["logits"], vae.likelihood)
+    return DECODER_IMAGE_WEIGHT * ops.mean(nats)
+
+
+def draw_images(vae, decoder_inputs, seed=0):
+    """Images for `decoder_inputs` (z, or [z, one-hot label]; numpy): the decoder's image
+    or, with a pixel head, a draw of every pixel in turn (pixel_head.sample_images)."""
+    if vae.pixel_head is None:
+        return np.asarray(vae.decoder.predict(decoder_inputs, verbose=0))
+    features = vae.decoder_logits.predict(decoder_inputs, verbose=0)[1]
+    return pixel_head.sample_images(
+        vae.pixel_head, features, vae.channels, vae.mixture_components, seed
+    )
 
 
 def check_parts(encoder, decoder, likelihood, head):

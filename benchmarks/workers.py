@@ -109,7 +109,7 @@ def build_baseline(
     image = vae_module.likelihood_head(x, head)
     decoder = keras.Model(latent_inputs, image, name="decoder")
 
-    model = vae_module.VAE(encoder, decoder, seed=seed, likelihood=likelihood, name="baseline_vae")
+    model = vae_module.VAE(encoder, decoder, None, likelihood, seed=seed, name="baseline_vae")
     model(keras.ops.zeros((1, image_size, image_size, channels)))  # create every weight now
     return model
 
@@ -304,6 +304,7 @@ def run_training_worker(name, args):
 
     import evaluation
     import training
+    from vae import start_likelihood_from_data
 
     config, images = settled_config(name, args)
     # Counted before seeding: building a model draws initializer seeds, and the default
@@ -323,7 +324,8 @@ def run_training_worker(name, args):
         epochs = schedule_epochs(args.budget, reference_epochs, default_flops, vae_flops(model)[1])
         batch_size = BASELINE["batch_size"]
         description = baseline_description()
-    model.start_from_data(train_images)  # as main.train does (a discretized logistic only)
+    # As main.train does (a discretized logistic only).
+    start_likelihood_from_data(model, train_images)
     compute_dtype = model.encoder.layers[1].compute_dtype
     description += f", {epochs} epochs, compute dtype {compute_dtype}"
     forward, training, per_layer = vae_flops(model)

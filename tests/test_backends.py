@@ -74,6 +74,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_models_saved_on_one_backend_load_on_every_backend(runs):
     if len(runs) < 2:
         pytest.skip("only one Keras backend is installed")
@@ -122,6 +123,7 @@ print(json.dumps({{"nats": keras.ops.convert_to_numpy(nats).tolist(), "losses": 
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_colour_model_with_the_discretized_logistic_trains_on_every_backend(backend):
     import keras

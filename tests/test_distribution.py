@@ -237,6 +237,7 @@ def backend_installed(name):
     return importlib.util.find_spec(name) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not backend_installed("torch"), reason="PyTorch is not installed")
 def test_torch_refuses_distribution_with_a_clear_error(tmp_path):
     result = run_main(
@@ -248,6 +249,7 @@ def test_torch_refuses_distribution_with_a_clear_error(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not backend_installed("jax"), reason="JAX is not installed")
 def test_jax_mirrored_uses_data_parallel_and_matches_one_device(mnist_dir, tmp_path):
     """Two host devices: DataParallel computes the same global batch as one device."""
@@ -255,7 +257,7 @@ def test_jax_mirrored_uses_data_parallel_and_matches_one_device(mnist_dir, tmp_p
         f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
-import jax, keras, main
+import jax, keras, main, settings
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
     # JAX compiles every new shape: pictures would cost most of the time.

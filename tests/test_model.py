@@ -250,7 +250,7 @@ def test_a_discretized_logistic_starts_where_the_images_are():
     images[..., 1] = 0.25  # green: one level throughout: no spread
     images[:, :16, :, 2] = 0.8  # blue: half of every image at 0.8: mean 0.4, spread 0.4
     model = small_vae(colour="rgb", latent_dim=2, likelihood="discretized_logistic")
-    model.start_from_data(images)
+    vae_module.start_likelihood_from_data(model, images)
     bias = keras.ops.convert_to_numpy(model.decoder.get_layer("logits").bias)
     np.testing.assert_allclose(bias[:3], [0.5, 0.25, 0.4], rtol=1e-6)
     half_level = 0.5 / 255
@@ -259,7 +259,7 @@ def test_a_discretized_logistic_starts_where_the_images_are():
     )
     bernoulli = small_vae(colour="rgb", latent_dim=2, likelihood="bernoulli")
     before = keras.ops.convert_to_numpy(bernoulli.decoder.get_layer("logits").bias)
-    bernoulli.start_from_data(images)
+    vae_module.start_likelihood_from_data(bernoulli, images)
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(bernoulli.decoder.get_layer("logits").bias), before
     )
