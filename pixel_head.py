@@ -220,7 +220,10 @@ def sample_images(head, features, channels, components, seed=0):
     `features` (numpy, (count, size, size, feature channels)): float32 in [0, 1].
 
     Each pixel runs the head on the rows it can see (`rows_seen_above`) rather than on the
-    whole image, so a 32x32 image costs 1,024 small passes."""
+    whole image, so a 32x32 image costs 1,024 small passes. Each pass goes through
+    `predict_on_batch`, which compiles the head once per window height, where a direct call
+    would run it layer by layer; the head must then be on one device (as main.py's copy
+    and a loaded model are)."""
     rng = np.random.default_rng(seed)
     count, height, width = features.shape[:3]
     images = np.zeros((count, height, width, channels), np.float32)
