@@ -87,7 +87,9 @@ def build_mlp_vae(
         layers.Dense(pixels)(hidden)
     )
     decoder = keras.Model(z, layers.Activation("sigmoid", name="image")(logits), name="decoder")
-    model = VAE(encoder, decoder, None, "bernoulli", seed=seed, name="mlp_vae")
+    model = VAE(
+        encoder, decoder, pixel_head=None, likelihood="bernoulli", seed=seed, name="mlp_vae"
+    )
     model(keras.ops.zeros((1, image_size, image_size, 1)))  # create every weight now
     return model
 

@@ -109,7 +109,9 @@ def build_baseline(
     image = vae_module.likelihood_head(x, head)
     decoder = keras.Model(latent_inputs, image, name="decoder")
 
-    model = vae_module.VAE(encoder, decoder, None, likelihood, seed=seed, name="baseline_vae")
+    model = vae_module.VAE(
+        encoder, decoder, pixel_head=None, likelihood=likelihood, seed=seed, name="baseline_vae"
+    )
     model(keras.ops.zeros((1, image_size, image_size, channels)))  # create every weight now
     return model
 
