@@ -14,11 +14,13 @@ probability of the 256 levels: p^x (1 - p)^(1 - x) summed over them is not 1 (fo
 it is 128). Its figure, converted the same way, compares runs with one another, not with
 the bits per dimension that papers report.
 
-Two more figures put these in context. The data's floor (Bernoulli only): the
+More figures put these in context. The data's floor (Bernoulli only): the
 cross-entropy against a grey-level target x can never fall below the target's own
-Bernoulli entropy -(x log x + (1 - x) log(1 - x)), so no model reaches 0 nats. Active
-units: a latent dimension whose KL term is ~0 for every image carries no information
-(posterior collapse).
+Bernoulli entropy -(x log x + (1 - x) log(1 - x)), so no model reaches 0 nats. What z
+carries: the rate (the KL term, also in bits per dimension and as its share of the total),
+the active units (a latent dimension whose KL term is ~0 for every image carries no
+information: posterior collapse), and the PSNR of the decoder's one-pass image at z_mean
+against the image, beside that of the images' mean image.
 """
 
 import io
@@ -36,6 +38,9 @@ from vae import decode_for_loss, image_nats, kl_divergence
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
+# Below this share of the negative ELBO in the KL term, z carries almost nothing of the
+# images: the likelihood codes them on its own (posterior collapse), and the run says so.
+COLLAPSED_RATE_SHARE = 0.005
 
 
 def data_entropy_floor(images):
@@ -63,6 +68,33 @@ def bits_per_dimension(nats_per_image, dimensions):
 def active_units(mean_kl_per_dimension, threshold=ACTIVE_UNIT_NATS):
     """How many latent dimensions have a mean KL (over the images) above `threshold` nats."""
     return int(np.sum(np.asarray(mean_kl_per_dimension) > threshold))
+
+
+def psnr(images, references):
+    """Peak signal-to-noise ratio in dB of `images` against `references` (values in [0, 1]):
+    10 log10(1 / mean squared error), the error averaged over every value of every image."""
+    error = np.mean((np.asarray(images, np.float64) - np.asarray(references, np.float64)) ** 2)
+    return float(10 * math.log10(1.0 / max(error, 1e-12)))
+
+
+def decoder_psnr(vae, images, labels=None, images_per_batch=256):
+    """How much of the picture z carries: the PSNR of the decoder's one-pass image at each
+    image's z_mean against the image, and that of the images' own mean image (what a z
+    that carries nothing reaches at best)."""
+    decoded = []
+    for start in range(0, len(images), images_per_batch):
+        batch = images[start : start + images_per_batch]
+        if vae.conditional:
+            conditions = one_hot(labels[start : start + images_per_batch], vae.num_classes)
+            z_mean = vae.encoder.predict_on_batch([batch, conditions])[0]
+            decoded.append(vae.decoder.predict_on_batch([z_mean, conditions]))
+        else:
+            decoded.append(vae.decoder.predict_on_batch(vae.encoder.predict_on_batch(batch)[0]))
+    mean_image = np.mean(images, axis=0, keepdims=True)
+    return {
+        "decoder_psnr": psnr(np.concatenate(decoded), images),
+        "mean_image_psnr": psnr(np.broadcast_to(mean_image, images.shape), images),
+    }
 
 
 def _log_normal(z, mean, log_var):
@@ -120,6 +152,10 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
         ),
         "iw_nll": iw_nll,
         "bits_per_dim": bits_per_dimension(negative_elbo, vae.dimensions),
+        # The rate: what z carries, in the code length's units and as its share.
+        "rate_bits_per_dim": bits_per_dimension(float(np.mean(kl)), vae.dimensions),
+        "rate_share": float(np.mean(kl)) / negative_elbo,
+        **decoder_psnr(vae, images, labels),
         "iw_bits_per_dim": bits_per_dimension(iw_nll, vae.dimensions),
         "likelihood": vae.likelihood,
         "dimensions": vae.dimensions,
@@ -199,6 +235,9 @@ SUMMARY_FIGURES = (
     "bits_per_dim",
     "iw_bits_per_dim",
     "active_units",
+    "rate_bits_per_dim",
+    "rate_share",
+    "decoder_psnr",
     "data_entropy_floor",
     "png_bits_per_dim",
     "webp_bits_per_dim",

@@ -128,9 +128,9 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
         f"{metrics['iw_samples']}); {metrics['likelihood']} likelihood, "
         f"{metrics['dimensions']:,} dimensions per image"
         + ("" if floor is None else f"; the data's floor {floor:.2f}")
-        + f"; {metrics['active_units']} of {len(metrics['kl_per_dimension'])} latent dimensions "
-        "active"
     )
+    for line in latent_report(metrics):
+        print(line)
     print(
         f"Lossless coders on {metrics['coder_images']:,} of these test images, each alone: PNG "
         f"{metrics['png_bits_per_dim']:.3f} bits/dim, WebP {metrics['webp_bits_per_dim']:.3f} "
@@ -161,6 +161,24 @@ def report(vae, config, test_images, test_labels, run_name, training, trained=No
         os.path.join(config.output_dir, "models", "metrics.json"), json.dumps(record, indent=2)
     )
     return metrics
+
+
+def latent_report(metrics):
+    """What z carries, in one line, and a second line of advice where it carries almost
+    nothing."""
+    share, active = metrics["rate_share"], metrics["active_units"]
+    lines = [
+        f"The latent carries {metrics['rate_bits_per_dim']:.3f} bits/dim, {100 * share:.1f}% of "
+        f"the total; {active} of {len(metrics['kl_per_dimension'])} latent dimensions active; "
+        f"the decoder's image at z_mean: PSNR {metrics['decoder_psnr']:.2f} dB (the mean image: "
+        f"{metrics['mean_image_psnr']:.2f} dB)"
+    ]
+    if share < evaluation.COLLAPSED_RATE_SHARE or not active:
+        lines.append(
+            "The latent carries almost nothing: the likelihood codes the images without z. "
+            "Try --spatial-latent, more --epochs, or --likelihood discretized_logistic."
+        )
+    return lines
 
 
 def show_in_projector(vae, images, output_dir, run_name):

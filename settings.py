@@ -26,6 +26,7 @@ from vae import LIKELIHOOD_PARAMETERS
 COLOUR_DEFAULTS = {
     "grey": {
         "latent_dim": 2,
+        "spatial_latent": False,
         "likelihood": "bernoulli",
         "batch_size": 256,
         "learning_rate": 4e-3,
@@ -33,7 +34,8 @@ COLOUR_DEFAULTS = {
         "steps": 3000,
     },
     "rgb": {
-        "latent_dim": 128,
+        "latent_dim": 128,  # as a vector (--no-spatial-latent)
+        "spatial_latent": True,
         "likelihood": "autoregressive",
         "batch_size": 64,
         "learning_rate": 2e-3,
@@ -45,6 +47,8 @@ GREY, RGB = COLOUR_DEFAULTS["grey"], COLOUR_DEFAULTS["rgb"]
 # An automatic batch size is halved, down to MIN_BATCH_SIZE images, until an epoch makes at
 # least MIN_EPOCH_STEPS steps: many epochs of a few large steps learn less for their time.
 MIN_EPOCH_STEPS, MIN_BATCH_SIZE = 16, 16
+# A spatial z left to its default has this many channels at each position of its map.
+LATENT_MAP_CHANNELS = 4
 # TensorBoard's pictures about this many times in a run, when --image-every is left unset.
 IMAGE_LOGS = 20
 # --limit N keeps N training and N // LIMIT_TEST_SHARE test images.
@@ -153,9 +157,19 @@ SETTINGS = (
         "latent_dim",
         None,
         f"dimensions of z; default {GREY['latent_dim']} for grey images (the latent space drawn "
-        f"directly), {RGB['latent_dim']} for colour ones (above 2 the plots show principal "
-        "components and traversals)",
+        f"directly), {LATENT_MAP_CHANNELS} per position of a spatial z's map for colour ones "
+        "(256 at 32x32; above 2 the plots show principal components and traversals)",
         positive_int,
+        resume=True,
+    ),
+    Setting(
+        "spatial_latent",
+        None,
+        "z as a map at a quarter of the image's size (convolutions on both sides) rather than "
+        "a vector (dense layers): each position codes its own patch, so the picture's layout "
+        f"costs little to carry; default: off for grey images, on for colour ones whose "
+        f"--latent-dim is left unset, which then gets {LATENT_MAP_CHANNELS} channels per position",
+        bool,
         resume=True,
     ),
     Setting(
@@ -429,9 +443,16 @@ def settled(config, colour=None, train_count=None):
         # A small data set takes smaller batches: an epoch of at least MIN_EPOCH_STEPS steps.
         while batch_size > MIN_BATCH_SIZE and train_count < MIN_EPOCH_STEPS * batch_size:
             batch_size //= 2
+    spatial = config.spatial_latent
+    if spatial is None:  # a latent size given alone keeps the vector it has always meant
+        spatial = defaults["spatial_latent"] and not config.latent_dim
+    latent_dim = config.latent_dim or defaults["latent_dim"]
+    if spatial and not config.latent_dim:  # so many channels at each position of the map
+        latent_dim = LATENT_MAP_CHANNELS * (config.image_size // 4) ** 2
     config = dataclasses.replace(
         config,
-        latent_dim=config.latent_dim or defaults["latent_dim"],
+        latent_dim=latent_dim,
+        spatial_latent=spatial,
         likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
         learning_rate=config.learning_rate or defaults["learning_rate"],
         batch_size=batch_size,
@@ -482,7 +503,8 @@ def markdown_table():
 
 
 def check_labels(config, images):
-    """Refuse settings that need class labels the images do not have."""
+    """Refuse settings that these images cannot have: class labels they do not have, a
+    latent size that does not split over the positions of a spatial z."""
     if config.conditional and not images.num_classes:
         raise data.DataError(
             f"--conditional needs labelled images, and {config.data_dir} has no class "
@@ -493,7 +515,15 @@ def check_labels(config, images):
             f"--plot-class {config.plot_class}: the images have {images.num_classes} classes, "
             f"numbered 0 to {images.num_classes - 1}"
         )
-    latent_dim = settled(config, images.colour).latent_dim
+    chosen = settled(config, images.colour)
+    latent_dim = chosen.latent_dim
+    if chosen.spatial_latent and latent_dim % (chosen.image_size // 4) ** 2:
+        positions = (chosen.image_size // 4) ** 2
+        raise data.DataError(
+            f"a spatial latent at --image-size {chosen.image_size} has {positions} positions, "
+            f"so --latent-dim must be a multiple of {positions}, not {latent_dim}; or add "
+            "--no-spatial-latent"
+        )
     if config.plot_class is not None and latent_dim != 2:
         raise data.DataError(
             f"--plot-class draws a class's 2-D manifold, and the latent size of these "

@@ -55,18 +55,36 @@ def layer_options(config):
 
 def build_encoder(config, num_classes=0):
     """x -> (z_mean, z_log_var): two stride-2 ReLU convolutions of `filters` and twice as
-    many channels, then `hidden_layers` dense layers of `hidden_units`.
+    many channels, then either `hidden_layers` dense layers of `hidden_units` (a vector z)
+    or, with `spatial_latent`, one more convolution and a map of z at a quarter of the
+    image's size, flattened (`latent_map_shape`).
 
-    With `num_classes` (a conditional VAE) the one-hot label joins the first dense layer,
-    and the model takes `[image, one_hot_label]`."""
+    With `num_classes` (a conditional VAE) the one-hot label joins the first dense layer
+    (or every position of the map), and the model takes `[image, one_hot_label]`."""
     hidden, conv = layer_options(config)
     shape = (config.image_size, config.image_size, CHANNELS[config.colour])
     inputs = [keras.Input(shape=shape, name="image")]
     x = layers.Conv2D(config.filters, 3, strides=2, **conv)(inputs[0])
     x = layers.Conv2D(2 * config.filters, 3, strides=2, **conv)(x)
-    x = layers.Flatten(**hidden)(x)
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
+    if config.spatial_latent:
+        if num_classes:
+            x = layers.Concatenate(**hidden)([x, label_map(inputs[1], x.shape[1], hidden)])
+        # A wider view for each position: it codes its own patch knowing the patches round it.
+        x = layers.Conv2D(2 * config.filters, 3, **conv)(x)
+        channels = latent_map_shape(config)[-1]
+        # float32 heads: the KL term and the sampling noise are sensitive to rounding.
+        heads = [layers.Conv2D(channels, 1, dtype="float32")(x) for _ in range(2)]
+        z_mean, z_log_var = (
+            layers.Flatten(name=name, dtype="float32")(head)
+            for name, head in zip(("z_mean", "z_log_var"), heads, strict=True)
+        )
+        return keras.Model(
+            inputs if num_classes else inputs[0], [z_mean, z_log_var], name="encoder"
+        )
+    x = layers.Flatten(**hidden)(x)
+    if num_classes:
         x = layers.Concatenate(**hidden)([x, inputs[1]])
     # A smooth activation next to z: the dense layers hold most of the mapping between
     # image features and the few latent coordinates, and learn it faster than with relu.
@@ -76,6 +94,25 @@ def build_encoder(config, num_classes=0):
     z_mean = layers.Dense(config.latent_dim, name="z_mean", dtype="float32")(x)
     z_log_var = layers.Dense(config.latent_dim, name="z_log_var", dtype="float32")(x)
     return keras.Model(inputs if num_classes else inputs[0], [z_mean, z_log_var], name="encoder")
+
+
+def latent_map_shape(config):
+    """A spatial z's (rows, columns, channels): a quarter of the image's size on each side,
+    with `latent_dim` split evenly over the positions."""
+    side = config.image_size // 4
+    if config.latent_dim % (side * side):
+        raise ValueError(
+            f"a spatial latent at --image-size {config.image_size} has {side}x{side} positions: "
+            f"--latent-dim must be a multiple of {side * side}, got {config.latent_dim}"
+        )
+    return side, side, config.latent_dim // (side * side)
+
+
+def label_map(one_hot_label, side, hidden):
+    """The one-hot label as a `side` x `side` map of as many channels, the same everywhere,
+    to join a spatial layer."""
+    repeated = layers.RepeatVector(side * side, **hidden)(one_hot_label)
+    return layers.Reshape((side, side, one_hot_label.shape[-1]), **hidden)(repeated)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -112,18 +149,23 @@ def build_decoder(config, num_classes=0):
     hidden, conv = layer_options(config)
     base_size, filters = config.image_size // 4, config.filters
     inputs = [keras.Input(shape=(config.latent_dim,), name="z")]
-    x = inputs[0]
     if num_classes:
         inputs.append(keras.Input(shape=(num_classes,), name="label"))
-        x = layers.Concatenate(**hidden)(inputs)
-    # Depth is cheap here (these layers are small beside the convolutions), and the map
-    # from a few latent coordinates to a whole image needs it.
-    for _ in range(config.hidden_layers):
-        x = layers.Dense(config.hidden_units, activation=config.dense_activation, **hidden)(x)
-    x = layers.Dense(
-        base_size * base_size * 2 * filters, activation=config.dense_activation, **hidden
-    )(x)
-    x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
+    if config.spatial_latent:
+        x = layers.Reshape(latent_map_shape(config), **hidden)(inputs[0])
+        if num_classes:
+            x = layers.Concatenate(**hidden)([x, label_map(inputs[1], base_size, hidden)])
+        x = layers.Conv2D(2 * filters, 3, **conv)(x)
+    else:
+        x = layers.Concatenate(**hidden)(inputs) if num_classes else inputs[0]
+        # Depth is cheap here (these layers are small beside the convolutions), and the map
+        # from a few latent coordinates to a whole image needs it.
+        for _ in range(config.hidden_layers):
+            x = layers.Dense(config.hidden_units, activation=config.dense_activation, **hidden)(x)
+        x = layers.Dense(
+            base_size * base_size * 2 * filters, activation=config.dense_activation, **hidden
+        )(x)
+        x = layers.Reshape((base_size, base_size, 2 * filters), **hidden)(x)
     x = layers.Conv2DTranspose(2 * filters, 3, strides=2, **conv)(x)
     x = layers.Conv2DTranspose(filters, 3, strides=2, name="features", **conv)(x)
     image = likelihood_head(x, config)

@@ -267,11 +267,20 @@ def coders_line(result):
     coders, values = result["coders"], result["values_per_image"]
     final = result["epochs"][-1]["val_loss"] / (values * math.log(2))
     likelihood = result["config"]["likelihood"]
-    return (
+    line = (
         f"Lossless coders on {coders['coder_images']:,} of the test images: PNG "
         f"{coders['png_bits_per_dim']:.3f} bits/dim, WebP {coders['webp_bits_per_dim']:.3f}; "
         f"{result['name']}'s final test -ELBO {final:.3f} bits/dim ({likelihood})"
     )
+    latent = result.get("latent")
+    if latent:
+        line += (
+            f", of which z carries {latent['rate_bits_per_dim']:.3f} "
+            f"({100 * latent['rate_share']:.1f}%) in {latent['active_units']} active "
+            f"dimensions; the decoder's image at z_mean: PSNR {latent['decoder_psnr']:.2f} dB "
+            f"(the mean image: {latent['mean_image_psnr']:.2f} dB)"
+        )
+    return line
 
 
 def quality_section(report):

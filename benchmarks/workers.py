@@ -326,8 +326,7 @@ def run_training_worker(name, args):
         epochs = schedule_epochs(args.budget, reference_epochs, default_flops, vae_flops(model)[1])
         batch_size = BASELINE["batch_size"]
         description = baseline_description()
-    # As main.train does (a discretized logistic only).
-    start_likelihood_from_data(model, train_images)
+    start_likelihood_from_data(model, train_images)  # as main.train does
     compute_dtype = model.encoder.layers[1].compute_dtype
     description += f", {epochs} epochs, compute dtype {compute_dtype}"
     forward, training, per_layer = vae_flops(model)
@@ -348,6 +347,7 @@ def run_training_worker(name, args):
         "test_images": len(test_images),
         # What general-purpose lossless coders spend on the same test images (bits/dim).
         "coders": evaluation.coder_bits_per_dimension(test_images),
+        "latent": latent_figures(model, test_images) if name == "default" else None,
         "values_per_image": int(test_images[0].size),
         "batch_size": batch_size,
         "forward_flops_per_image": forward,
@@ -358,6 +358,17 @@ def run_training_worker(name, args):
         "peak_memory_mib": _peak_memory_mib(),
         "versions": _versions(),
     }
+
+
+def latent_figures(model, test_images):
+    """What the trained program's z carries on the test images, as main.py reports it: the
+    rate (the mean KL) in bits/dim and as a share of the negative ELBO, the active
+    dimensions, and the PSNR of the decoder's image at z_mean."""
+    import evaluation
+
+    metrics = evaluation.evaluate(model, test_images, samples=1, verbose=False)
+    names = ("rate_bits_per_dim", "rate_share", "active_units", "decoder_psnr", "mean_image_psnr")
+    return {name: metrics[name] for name in names}
 
 
 def run_backend_worker(args):

@@ -140,18 +140,34 @@ def test_bad_values_are_refused_with_usage(arguments, message, capsys):
 def test_defaults_that_depend_on_the_images_are_settled_by_their_colour():
     settled = settings.settled(settings.Config())
     assert (settled.colour, settled.latent_dim, settled.likelihood) == ("grey", 2, "bernoulli")
+    assert not settled.spatial_latent
     settled = settings.settled(settings.Config(dataset="cifar10"))
+    # Colour: z is an 8x8 map (a quarter of 32 pixels a side) of 4 channels.
     assert (settled.colour, settled.latent_dim, settled.likelihood) == (
         "rgb",
-        128,
+        8 * 8 * 4,
         "autoregressive",
     )
-    # What the user says wins; a folder's colour is the images'.
+    assert settled.spatial_latent
+    assert settings.settled(settings.Config(dataset="cifar10", image_size=48)).latent_dim == 576
+    # What the user says wins; a latent size given alone is a vector; a folder's colour is
+    # the images'.
     settled = settings.settled(
         settings.Config(dataset="cifar10", latent_dim=16, likelihood="bernoulli")
     )
-    assert (settled.latent_dim, settled.likelihood) == (16, "bernoulli")
-    assert settings.settled(settings.Config(dataset="folder"), "rgb").latent_dim == 128
+    assert (settled.latent_dim, settled.likelihood, settled.spatial_latent) == (
+        16,
+        "bernoulli",
+        False,
+    )
+    assert not settings.settled(
+        settings.Config(dataset="cifar10", spatial_latent=False)
+    ).spatial_latent
+    assert (
+        settings.settled(settings.Config(dataset="cifar10", spatial_latent=False)).latent_dim == 128
+    )
+    assert settings.settled(settings.Config(dataset="folder"), "rgb").latent_dim == 256
+    assert settings.settled(settings.Config(spatial_latent=True)).latent_dim == 256
     assert settings.parse_args(["--dataset", "cifar10", "--image-size", "16"]).image_size == 16
 
 

@@ -263,3 +263,53 @@ def test_a_discretized_logistic_starts_where_the_images_are():
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(bernoulli.decoder.get_layer("logits").bias), before
     )
+
+
+def test_a_spatial_latent_is_a_map_of_local_codes():
+    """With --spatial-latent, z is an 8x8 map for 32x32 images (4 channels a position by
+    default), each position coding its own neighbourhood: a pixel in one corner moves the
+    code at that corner and not at the opposite one, and a code in one corner moves the
+    decoded pixels there and not at the opposite one. The encoder's three 3x3 convolutions
+    (two of stride 2) see 15 pixels across, the decoder's three 15 as well: far less than
+    the 32 between opposite corners."""
+    model = small_vae(colour="rgb", spatial_latent=True, likelihood="discretized_logistic")
+    assert model.encoder.outputs[0].shape[1:] == (8 * 8 * 4,)
+    assert model.decoder.inputs[0].shape[1:] == (8 * 8 * 4,)
+    images = np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype("float32")
+    moved = images.copy()
+    moved[0, 0, 0] = 1.0 - moved[0, 0, 0]
+    codes = [model.encoder.predict(x, verbose=0)[0].reshape(8, 8, 4) for x in (images, moved)]
+    assert np.abs(codes[0][0, 0] - codes[1][0, 0]).max() > 1e-6
+    np.testing.assert_array_equal(codes[0][7, 7], codes[1][7, 7])
+
+    z = np.random.default_rng(1).normal(size=(1, 256)).astype("float32")
+    shifted = z.reshape(8, 8, 4).copy()
+    shifted[0, 0] += 3.0
+    decoded = [model.decoder.predict(x.reshape(1, 256), verbose=0)[0] for x in (z, shifted)]
+    assert np.abs(decoded[0][:4, :4] - decoded[1][:4, :4]).max() > 1e-6
+    np.testing.assert_array_equal(decoded[0][24:, 24:], decoded[1][24:, 24:])
+
+
+def test_a_conditional_spatial_latent_reads_the_label_everywhere():
+    model = small_vae(colour="rgb", spatial_latent=True, conditional=True, image_size=16)
+    z = np.zeros((2, 4 * 4 * 4), "float32")
+    labels = np.eye(10, dtype="float32")[[0, 7]]
+    first, second = model.decoder.predict([z, labels], verbose=0)
+    # The label reaches every position of the map, corners included.
+    assert np.abs(first[:2, :2] - second[:2, :2]).max() > 1e-6
+    assert np.abs(first[-2:, -2:] - second[-2:, -2:]).max() > 1e-6
+
+
+def test_a_latent_size_that_does_not_fill_the_map_is_refused_in_one_line():
+    import data
+    import settings
+
+    with pytest.raises(ValueError, match="must be a multiple of 64"):
+        small_vae(colour="rgb", spatial_latent=True, latent_dim=100)
+
+    class Images:  # what check_labels reads of loaded images
+        colour, num_classes = "rgb", 0
+
+    config = settings.Config(dataset="folder", spatial_latent=True, latent_dim=100)
+    with pytest.raises(data.DataError, match="multiple of 64, not 100; or add --no-spatial"):
+        settings.check_labels(config, Images())
