@@ -36,10 +36,14 @@ from pixel_head import LEVELS, discretized_logistic_log_probability
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 # The decoder's "logits" give this many numbers per pixel and channel for each likelihood.
 LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregressive": 2}
-# The autoregressive likelihood's pixel head: its width, depth and logistics per pixel, and
-# the weight of the decoder's own image in its training loss (VAE.compute_loss).
+# The autoregressive likelihood's pixel head: its width, depth and logistics per pixel.
 PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
-DECODER_IMAGE_WEIGHT = 0.1
+# The weight of the decoder's own image (its likelihood given z alone) in a pixel head's
+# training loss (VAE.compute_loss). The head predicts most of a pixel from its neighbours
+# and would learn to code the images without z; the decoder cannot, so at full weight z
+# keeps what the decoder needs to draw the picture. Lower weights let z fall towards
+# carrying nothing (posterior collapse).
+DECODER_IMAGE_WEIGHT = 1.0
 PARTS = ("encoder", "decoder", "pixel_head")  # the VAE's models, saved in its config
 
 
@@ -340,7 +344,7 @@ def image_nats(vae, images, decoded):
 
 def decoder_image_loss(vae, images, decoded):
     """The decoder's own image, trained beside a pixel head with DECODER_IMAGE_WEIGHT: it is
-    what the saved decoder draws in one pass, and it gives z a reason to carry the picture."""
+    what the saved decoder draws in one pass, and what makes z carry the picture."""
     nats = reconstruction_nats(images, decoded["logits"], vae.likelihood)
     return DECODER_IMAGE_WEIGHT * ops.mean(nats)
 
