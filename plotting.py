@@ -225,7 +225,8 @@ def plot_samples(decoder, path, grid_size=10, seed=0, draw=None):
     show(axes, image_grid(images, grid_size))
     axes.axis("off")
     title = "Samples: z drawn from N(0, I)"
-    axes.set_title(title + (", random classes" if is_conditional(decoder) else "") + ", decoded")
+    title += (", random classes" if is_conditional(decoder) else "") + ", decoded"
+    axes.set_title(title + (" and drawn pixel by pixel" if draw else ""))
     _save(figure, path)
 
 
@@ -364,8 +365,9 @@ def plot_all(
     plot_class=None,
     draw=None,
 ):
-    """Write every plot of a trained model into `plots_dir`. `draw` (see `decode`) draws
-    the reconstructions and samples; the other plots show the decoder's own images."""
+    """Write every plot of a trained model into `plots_dir`, each of the decoder's own
+    images. `draw` (see `decode`), for a VAE with a pixel head: samples drawn pixel by pixel
+    as well, in pixel_head_samples.png."""
     os.makedirs(plots_dir, exist_ok=True)
     z_mean, z_log_var = posterior(
         encoder, test_images, test_labels
@@ -376,11 +378,14 @@ def plot_all(
         os.path.join(plots_dir, "latent_space.png"),
     )
     shown = slice(0, 10)
-    reconstructions = decode(decoder, z_mean[shown], take(test_labels, shown), draw)
+    reconstructions = decode(decoder, z_mean[shown], take(test_labels, shown))
     plot_reconstructions(
         test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
     )
-    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed, draw=draw)
+    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
+    if draw:
+        path = os.path.join(plots_dir, "pixel_head_samples.png")
+        plot_samples(decoder, path, seed=seed, draw=draw)
     drawn = plot_interpolation(
         decoder,
         z_mean,
