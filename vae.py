@@ -40,10 +40,11 @@ LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregress
 PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 # The weight of the decoder's own image (its likelihood given z alone) in a pixel head's
 # training loss (VAE.compute_loss). The head predicts most of a pixel from its neighbours
-# and would learn to code the images without z; the decoder cannot, so at full weight z
-# keeps what the decoder needs to draw the picture. Lower weights let z fall towards
-# carrying nothing (posterior collapse).
-DECODER_IMAGE_WEIGHT = 1.0
+# and would learn to code the images without z; the decoder cannot, so weighted above the
+# KL term, z keeps what the decoder needs to draw the picture. The higher the weight, the
+# more z carries (and costs in the code length); towards 0 it carries nothing (posterior
+# collapse). docs/colour.md gives what each weight reached.
+DECODER_IMAGE_WEIGHT = 2.0
 PARTS = ("encoder", "decoder", "pixel_head")  # the VAE's models, saved in its config
 
 
