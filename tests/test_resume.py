@@ -11,6 +11,7 @@ import pytest
 from test_training import interrupt_after_the_first_epoch
 
 import callbacks
+import data
 import main
 import plotting
 import training
@@ -18,9 +19,12 @@ from conftest import LEARNED, quick_config
 
 SETTINGS = {**LEARNED, "epochs": 2}  # the learned run's, two epochs: 125 steps each
 # An uninterrupted run and a resumed one differ in the order of the second epoch's batches
-# only (a new process starts the shuffling again): their test figures agree within these.
-ELBO_NATS = 3.0
-PICTURE_MEAN = 0.03  # mean absolute difference of decoded pictures, on the 0-1 scale
+# (a new process starts the shuffling again) and in the Sampling layer's noise, which in a
+# run this short moves the test negative ELBO by a few nats (4.6 when measured; one epoch
+# less scores 16 nats worse) and the decoded pictures by 0.01 to 0.015 on average (the mean
+# absolute difference on the 0-1 scale; a third epoch moves them by 0.025). Within these:
+ELBO_NATS = 8.0
+PICTURE_MEAN = 0.03
 
 
 class RecordTheStart(keras.callbacks.Callback):
@@ -83,20 +87,12 @@ def test_a_resumed_run_goes_on_from_its_backup_and_ends_as_an_uninterrupted_one(
         json.loads((folder / "models" / "metrics.json").read_text())["test"]
         for folder in (resumed_dir, whole_dir)
     )
-    print("ELBO", resumed["negative_elbo"], whole["negative_elbo"])
     assert abs(resumed["negative_elbo"] - whole["negative_elbo"]) < ELBO_NATS
     assert abs(resumed["iw_nll"] - whole["iw_nll"]) < ELBO_NATS
-    test_images = vae_test_images(mnist_dir)
+    test_images = data.load_images(
+        "mnist", mnist_dir, SETTINGS["limit"], image_size=32, test_only=True, verbose=False
+    ).test_images
     for found, expected in zip(
         pictures(resumed_dir, test_images), pictures(whole_dir, test_images), strict=True
     ):
-        print("PICTURES", np.abs(found - expected).mean())
         assert np.abs(found - expected).mean() < PICTURE_MEAN
-
-
-def vae_test_images(mnist_dir):
-    import data
-
-    return data.load_images(
-        "mnist", mnist_dir, SETTINGS["limit"], image_size=32, test_only=True, verbose=False
-    ).test_images
