@@ -421,7 +421,11 @@ def test_a_run_on_cifar10_files_trains_reloads_and_draws_in_colour(tmp_path, cif
     assert test["dimensions"] == 32 * 32 * 3 and test["data_entropy_floor"] is None
     assert test["bits_per_dim"] == pytest.approx(test["negative_elbo"] / (3072 * math.log(2)))
     assert test["iw_bits_per_dim"] == pytest.approx(test["iw_nll"] / (3072 * math.log(2)))
-    assert 0 < test["bits_per_dim"] < 9  # below 8-bit noise plus a little, after two epochs
+    # Below 8: a uniform distribution over the 256 levels costs exactly 8 bits per value, and
+    # a model that learned the pictures' colours and rectangles spends less. Above 4: the
+    # noise added to each value, uniform over 25 levels, costs log2(25) = 4.64 bits away from
+    # 0 and 255, and no model can code it in less.
+    assert 4 < test["bits_per_dim"] < 8 and 4 < test["iw_bits_per_dim"] < 8
 
     for name in ("reconstructions", "samples", "interpolation", "traversals"):
         picture = matplotlib.image.imread(tmp_path / "plots" / f"{name}.png")

@@ -44,10 +44,9 @@ def test_run_records_test_metrics(trained_run):
     output_dir, _, history = trained_run
     record = json.loads((output_dir / "models" / "metrics.json").read_text())
     test = record["test"]
-    assert test["iw_nll"] <= test["negative_elbo"] + 1.0
-    np.testing.assert_allclose(
-        test["negative_elbo"], test["reconstruction_loss"] + test["kl_loss"], rtol=1e-6
-    )
+    # What the figures are worth (the negative ELBO and its parts, the IW NLL and bits per
+    # dimension, against numpy) is checked on a run that learns: tests/test_learning.py.
+    assert set(test) >= {"negative_elbo", "reconstruction_loss", "kl_loss", "iw_nll"}
     assert test["images"] == 512 // 6 and test["iw_samples"] == 4
     assert record["config"]["seed"] == settings.Config().seed and "keras" in record["versions"]
     assert record["training"]["epochs_trained"] == 1 and record["training"]["training_seconds"] > 0
