@@ -22,8 +22,6 @@ import math
 import os
 import shutil
 
-import keras
-
 import data
 from settings import RESUME_SETTINGS
 
@@ -320,6 +318,8 @@ def save_models(vae, models_dir):
 def load_model_file(path):
     """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken
     file."""
+    import keras  # here, not above: main.py imports this module before TensorFlow loads
+
     if not os.path.exists(path):
         raise RunError(f"{path}: no saved model there; train one first with python main.py")
     try:
