@@ -267,7 +267,7 @@ def test_a_full_disk_ends_the_run_in_one_sentence_and_loses_nothing(tmp_path, mn
     epoch: the second epoch's save fails, the run says which folder needs how much, the
     first epoch's checkpoint and backup are whole, and the same command resumes."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        pytest.skip("unshare is not installed: apt-get install util-linux")
     output_dir = tmp_path / "small-disk"
     output_dir.mkdir()
     probe = subprocess.run(
