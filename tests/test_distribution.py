@@ -264,7 +264,7 @@ def test_jax_mirrored_uses_data_parallel_and_matches_one_device(mnist_dir, tmp_p
         f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
-import jax, keras, main, settings
+import distribution, jax, keras, main, settings
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
     # JAX compiles every new shape: pictures would cost most of the time.
@@ -276,7 +276,7 @@ result["distribution"] = type(keras.distribution.distribution()).__name__
 try:
     main.train(settings.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd",
                            distribute="mirrored", batch_size=63))
-except main.distribution.DistributionError as error:
+except distribution.DistributionError as error:
     result["odd_batch"] = str(error)
 print(json.dumps(result))
 """,
