@@ -11,7 +11,7 @@ traceback or, worse, a silently wrong array:
 - cifar10_batches.py: CIFAR-10's Python batches (or binary version): the folder, its parent
   or the archive itself, read without ever running what a pickle asks to run;
 - image_folder.py: a folder of PNG / JPEG images, one sub-folder per class or flat
-  (unlabelled), read with keras.utils.image_dataset_from_directory.
+  (unlabelled), decoded by a tf.data pipeline and split as Keras splits a folder.
 
 `load_images` turns any of them into what the model reads: float32 images in [0, 1] of
 shape (N, size, size, channels), with their labels.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import keras
 
-MODES = ("none", "mirrored", "multi-worker")
+from settings import DISTRIBUTE_MODES as MODES
 
 
 def scale_for_replicas(loss):

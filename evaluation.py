@@ -131,7 +131,9 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
     for start in range(0, len(images), images_per_batch):
         batch = slice(start, start + images_per_batch)
-        scores = score_batch(vae, scorer, images[batch], labels, batch, samples, rng)
+        scores = score_batch(
+            vae, scorer, images[batch], labels, batch, samples, rng, images_per_batch
+        )
         for name, values in zip(parts, scores, strict=True):
             parts[name].append(values)
         if progress:
@@ -166,11 +168,13 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     }
 
 
-def score_batch(vae, scorer, batch, labels, where, samples, rng):
+def score_batch(vae, scorer, batch, labels, where, samples, rng, rows=None):
     """For each image of `batch` (at `where` among the `labels`): its mean -log p(x|z) over
-    `samples` draws of z, its KL per latent dimension and its importance-weighted NLL."""
+    `samples` draws of z, its KL per latent dimension and its importance-weighted NLL. The
+    models run on batches padded to `rows` images (`predict_padded`)."""
+    rows = rows or len(batch)
     conditions = one_hot(labels[where], vae.num_classes) if vae.conditional else None
-    encoded = vae.encoder.predict_on_batch([batch, conditions] if vae.conditional else batch)
+    encoded = predict_padded(vae.encoder, [batch, conditions] if vae.conditional else [batch], rows)
     z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoded)
     epsilon = rng.standard_normal((len(batch), samples, z_mean.shape[1]))
     z = (z_mean[:, None] + np.exp(0.5 * z_log_var[:, None]) * epsilon).reshape(-1, z_mean.shape[1])
@@ -180,7 +184,7 @@ def score_batch(vae, scorer, batch, labels, where, samples, rng):
         inputs = [z, np.repeat(conditions, samples, axis=0), repeated]
     else:
         inputs = [z, repeated]
-    nats = np.asarray(scorer.predict_on_batch(inputs)).reshape(len(batch), samples)
+    nats = predict_padded(scorer, inputs, rows * samples)[0].reshape(len(batch), samples)
     z = z.reshape(len(batch), samples, -1).astype(np.float64)
     log_weights = (
         -nats.astype(np.float64)
@@ -189,6 +193,20 @@ def score_batch(vae, scorer, batch, labels, where, samples, rng):
     )
     iw_nll = -(logsumexp(log_weights, axis=1) - math.log(samples))
     return nats.mean(axis=1), kl_per_dimension(z_mean, z_log_var), iw_nll
+
+
+def predict_padded(model, inputs, rows):
+    """The outputs (a list) of `model.predict_on_batch(inputs)`, `inputs` (a list) padded
+    with zeros to `rows`: every batch then has one shape, traced once, where a smaller last
+    batch would be traced again (and TensorFlow warns of retracing when traces of several
+    models' predictions come close together)."""
+    count = len(inputs[0])
+    padded = [
+        np.concatenate([array, np.zeros((rows - count, *array.shape[1:]), array.dtype)])
+        for array in inputs
+    ]
+    outputs = model.predict_on_batch(padded if len(padded) > 1 else padded[0])
+    return [np.asarray(output)[:count] for output in keras.tree.flatten(outputs)]
 
 
 # Each coder's header bytes, the same for every image of one shape: what the file format

@@ -1,29 +1,30 @@
 """A folder of the user's own images (PNG, JPEG, BMP or GIF), one sub-folder per class or
-flat (unlabelled), read with keras.utils.image_dataset_from_directory.
+flat (unlabelled), decoded and resized by a tf.data pipeline over its files.
 
-Each file is checked before Keras reads it: files that are not regular files, that cannot
-be decoded, or whose pictures are too large or too narrow are left out and counted, and the
-summary says how many and why.
+Each file is checked before it is decoded: files that are not regular files, that cannot be
+decoded, or whose pictures are too large or too narrow are left out and counted, and the
+summary says how many and why. The files that pass are split into train and test, and
+ordered, as keras.utils.image_dataset_from_directory splits and orders a folder (as this
+program read folders before): a seed keeps its test set.
 """
 
 import collections
-import contextlib
-import io
 import os
 import stat
-import tempfile
 import warnings
 
 import numpy as np
 
 from reading import DataError, empty_split
 
-# The files image_dataset_from_directory reads; others in the folder are left alone.
+# The image files read (those image_dataset_from_directory reads); others are left alone.
 IMAGE_FILE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # A picture of more pixels is left out: a 50-megapixel phone photo takes 150 MB to decode and
 # 600 MB to resize, where a 20000x20000 PNG of 400 KB on disk would take 1.2 GB for itself.
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_FILE_BYTES = 256 << 20  # more than any picture within MAX_IMAGE_PIXELS needs
+# The training files' second shuffle, as image_dataset_from_directory's (without batches).
+SHUFFLE_BUFFER = 1024
 # Why a file is left out, as the summary says it (with its count before it).
 UNREADABLE = "that could not be read as images"
 
@@ -41,31 +42,30 @@ def read(folder, splits, options):
     """
     labelled = _is_labelled(folder)
     size = options.image_size
-    # Keras reads a folder as it finds it; it is given a folder of links to the files that
-    # pass the checks (the same names, so the same split by the seed).
-    with tempfile.TemporaryDirectory(prefix="vae-images-") as checked:
-        left_out = _link_images(folder, checked, labelled, size)
-        train, test = _keras_splits(checked, folder, labelled, options, left_out)
-        read_splits = []
-        for split, dataset in (("train", train), ("test", test)):
-            if split not in splits:
-                read_splits.append(empty_split(size, size, 3))
-                continue
-            images, labels = _decode_all(dataset, labelled)
-            left_out[UNREADABLE] += len(dataset.file_paths) - len(images)
-            if not len(images):
-                raise DataError(
-                    f"{folder}: none of the {len(dataset.file_paths)} {split} files could be "
-                    "read as images; are they PNG, JPEG, BMP or GIF files?"
-                )
-            read_splits.append((images, labels))
+    class_names, paths, labels, left_out = _checked_files(folder, labelled, size)
+    train, test = _split(folder, paths, labels, options, left_out)
+    read_splits = []
+    for split, (split_paths, split_labels) in (("train", train), ("test", test)):
+        if split not in splits:
+            read_splits.append(empty_split(size, size, 3))
+            continue
+        # Keras shuffled the training files once more as it read them; so are they here.
+        seed = options.seed if split == "train" else None
+        images, read_labels = _decode_all(split_paths, split_labels, size, seed)
+        left_out[UNREADABLE] += len(split_paths) - len(images)
+        if not len(images):
+            raise DataError(
+                f"{folder}: none of the {len(split_paths)} {split} files could be read as "
+                "images; are they PNG, JPEG, BMP or GIF files?"
+            )
+        read_splits.append((images, read_labels))
     if options.verbose:
-        kinds = f"{len(train.class_names)} classes" if labelled else "no classes (no sub-folders)"
+        kinds = f"{len(class_names)} classes" if labelled else "no classes (no sub-folders)"
         print(
             f"Read {folder}: {len(read_splits[0][0]):,} training and {len(read_splits[1][0]):,} "
             f"test images, {kinds}{_left_out_note(left_out)}"
         )
-    return tuple(read_splits), (train.class_names if labelled else None)
+    return tuple(read_splits), (class_names if labelled else None)
 
 
 def _is_labelled(folder):
@@ -84,20 +84,26 @@ def _is_labelled(folder):
     return labelled
 
 
-def _link_images(folder, checked, labelled, image_size):
-    """Link into `checked` each image file of `folder` (not hidden, nor in a hidden folder)
-    that passes `_image_problem`; returns how many were left out, by reason."""
+def _checked_files(folder, labelled, image_size):
+    """(class names, paths, labels, left_out): the class sub-folders of `folder` (sorted; an
+    empty one too), and each image file in them (not hidden, nor in a hidden folder) that
+    passes `_image_problem`, with its class's number (None for a flat folder), in the order
+    image_dataset_from_directory lists them: class by class, each folder's files by name;
+    `left_out` counts the others, by reason."""
     left_out = collections.Counter()
-    tops = sorted(
+    class_names = sorted(
         entry.name
         for entry in os.scandir(folder)
         if labelled and entry.is_dir() and not entry.name.startswith(".")
     )
-    for top in tops or [""]:
-        os.makedirs(os.path.join(checked, top), exist_ok=True)  # a class, even if left empty
+    paths, labels = [], []
+    for label, top in enumerate(class_names or [""]):
+        walk = []
         for root, folders, names in os.walk(os.path.join(folder, top)):
             folders[:] = [name for name in folders if not name.startswith(".")]
-            for name in names:
+            walk.append((root, names))
+        for root, names in sorted(walk, key=lambda found: found[0]):
+            for name in sorted(names):
                 if name.startswith(".") or not name.lower().endswith(IMAGE_FILE_TYPES):
                     continue
                 path = os.path.join(root, name)
@@ -105,10 +111,9 @@ def _link_images(folder, checked, labelled, image_size):
                 if problem:
                     left_out[problem] += 1
                     continue
-                link = os.path.join(checked, os.path.relpath(path, folder))
-                os.makedirs(os.path.dirname(link), exist_ok=True)
-                os.symlink(os.path.abspath(path), link)
-    return left_out
+                paths.append(path)
+                labels.append(label)
+    return class_names, paths, labels if labelled else None, left_out
 
 
 def _image_problem(path, image_size):
@@ -155,58 +160,57 @@ def _files(count):
     return f"{count:,} file{'s' if count != 1 else ''}"
 
 
-def _keras_splits(checked, folder, labelled, options, left_out):
-    """image_dataset_from_directory's train and test splits of the folder `checked` (the
-    links to the files of `folder` that passed the checks; `left_out` counts the others)."""
-    import keras
-
-    image_size, test_split = options.image_size, options.test_split
-
-    try:
-        # Keras prints its split in its own words ("validation"); the summary says it.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return keras.utils.image_dataset_from_directory(
-                checked,
-                labels="inferred" if labelled else None,
-                label_mode="int" if labelled else None,
-                color_mode="rgb",  # grey files come as three equal channels; load_images sees
-                batch_size=None,
-                image_size=(image_size, image_size),
-                shuffle=True,
-                seed=options.seed,
-                validation_split=test_split,
-                subset="both",
-                # Pictures are mostly shrunk to the model's size: "area" averages the pixels
-                # it merges, where "bilinear" would skip some and alias fine detail.
-                interpolation="area",
-                pad_to_aspect_ratio=True,
-                verbose=False,
-            )
-    except ValueError:  # no images, or too few to hold out a test set
-        count = sum(len(names) for _, _, names in os.walk(checked))
-        if not count and left_out:
-            raise DataError(
-                f"{folder}: none of its image files can be used{_left_out_note(left_out)}"
-            ) from None
-        if not count:
-            raise DataError(
-                f"{folder}: no PNG, JPEG, BMP or GIF images found in it or its sub-folders"
-            ) from None
+def _split(folder, paths, labels, options, left_out):
+    """((train paths, labels), (test paths, labels)): the files shuffled by `options.seed`,
+    the last `options.test_split` of them for testing, as image_dataset_from_directory
+    splits them (with numpy's RandomState, the same seed for the labels)."""
+    count, test_split = len(paths), options.test_split
+    test_count = int(test_split * count)
+    if not count and left_out:
+        raise DataError(f"{folder}: none of its image files can be used{_left_out_note(left_out)}")
+    if not count:
+        raise DataError(f"{folder}: no PNG, JPEG, BMP or GIF images found in it or its sub-folders")
+    if not test_count:
         raise DataError(
             f"{folder}: {count} images are too few to hold out --test-split {test_split:g} of "
             "them as a test set; add images or raise --test-split"
-        ) from None
+        )
+    order = list(range(count))
+    np.random.RandomState(options.seed).shuffle(order)
+    paths = [paths[index] for index in order]
+    labels = None if labels is None else np.array([labels[index] for index in order], np.int32)
+    return tuple(
+        (paths[part], None if labels is None else labels[part])
+        for part in (slice(None, -test_count), slice(-test_count, None))
+    )
 
 
-def _decode_all(dataset, labelled):
-    """Every image (rounded to uint8) and label of an image_dataset_from_directory split,
-    without those whose file cannot be decoded."""
-    images, labels = [], []
-    for batch in dataset.ignore_errors().batch(512).as_numpy_iterator():
-        pixels = batch[0] if labelled else batch
-        images.append(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
-        if labelled:
-            labels.append(batch[1])
+def _decode_all(paths, labels, image_size, shuffle_seed=None):
+    """Every image of `paths` (rounded to uint8) and its label, without those whose file
+    cannot be decoded: each decoded as three channels (grey ones as three equal channels;
+    load_images sees them) and resized to fit `image_size`, its shape kept. With
+    `shuffle_seed`, in the order a tf.data shuffle by that seed gives."""
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if labels is not None:
+        files = tf.data.Dataset.zip(files, tf.data.Dataset.from_tensor_slices(labels))
+    if shuffle_seed is not None:
+        files = files.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
+
+    def load(path, *label):
+        image = tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        # Pictures are mostly shrunk to the model's size: "area" averages the pixels it
+        # merges, where "bilinear" would skip some and alias fine detail.
+        image = tf.image.resize_with_pad(image, image_size, image_size, method="area")
+        return (image, *label)
+
+    images, read_labels = [], []
+    decoded = files.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    for batch in decoded.batch(512).as_numpy_iterator():
+        images.append(np.clip(np.round(batch[0]), 0, 255).astype(np.uint8))
+        if labels is not None:
+            read_labels.append(batch[1])
     if not images:
         return np.zeros((0, 0, 0, 3), np.uint8), None
-    return np.concatenate(images), np.concatenate(labels) if labelled else None
+    return np.concatenate(images), np.concatenate(read_labels) if labels is not None else None

@@ -39,21 +39,11 @@ import os
 import signal
 import sys
 
+import data
+import settings
 import startup
-
-# Before anything imports TensorFlow: it reads its options, and prints its notices, then.
-startup.prepare_tensorflow(sys.argv)
-
-import keras  # noqa: E402  (after TensorFlow's options are set)
-
-import data  # noqa: E402
-import distribution  # noqa: E402
-import results  # noqa: E402
-import settings  # noqa: E402
-import training  # noqa: E402
-from callbacks import Terminated, all_finite, make_callbacks, plural, raise_terminated  # noqa: E402
-from data import DataError  # noqa: E402
-from run_folder import (  # noqa: E402
+from data import DataError
+from run_folder import (
     RunError,
     check_output_outside_images,
     check_writable,
@@ -63,7 +53,10 @@ from run_folder import (  # noqa: E402
     read_progress,
     save_models,
 )
-from vae import start_likelihood_from_data  # noqa: E402
+
+# The modules above import no TensorFlow: `main` reads the command line first, so --help and
+# a refused setting answer at once, then sets TensorFlow's options before it loads. Keras,
+# and the modules built on it, are imported where they are used.
 
 # Below this many optimizer steps in all, the model learns little more than the average
 # image (docs/performance.md, "How to check"): a run that short says how to get more.
@@ -76,6 +69,14 @@ class TrainingDiverged(RunError):
 
 def train(config):
     """Train a VAE as `config` says, then save, evaluate and plot it; return (vae, history)."""
+    import keras
+
+    import callbacks
+    import distribution
+    import results
+    import training
+    from vae import start_likelihood_from_data
+
     check_output_outside_images(config)
     # Before TensorFlow starts its runtime: MultiWorkerMirroredStrategy must exist first.
     placement = distribution.place(config.distribute, config.batch_size)
@@ -107,7 +108,7 @@ def train(config):
             train_dataset,
             validation_data=test_dataset,
             epochs=config.epochs,
-            callbacks=make_callbacks(
+            callbacks=callbacks.make_callbacks(
                 config, run_name, vae, train_count, images, progress, placement.is_chief
             ),
             shuffle=False,  # the tf.data pipeline already reshuffles every epoch
@@ -172,6 +173,8 @@ def announce(given, config, placement, run_name, resumed, counts):
 def chosen_schedule(given, config, train_count):
     """One line that says the epochs and batch size this run chose for its data, or None
     where the command line gave both."""
+    from callbacks import plural
+
     if given.epochs and given.batch_size:
         return None
     steps = config.epochs * settings.steps_per_epoch(config, train_count)
@@ -184,6 +187,8 @@ def chosen_schedule(given, config, train_count):
 
 def few_steps_advice(config, train_count):
     """One line of advice when the run takes too few steps to learn, else None."""
+    from callbacks import plural
+
     steps = config.epochs * settings.steps_per_epoch(config, train_count)
     if steps >= FEW_STEPS:
         return None
@@ -198,6 +203,8 @@ def few_steps_advice(config, train_count):
 
 def check_finite(history, config):
     """Stop with advice if the last epoch's loss is NaN or infinite."""
+    from callbacks import all_finite
+
     if not all_finite({name: values[-1] for name, values in history.history.items()}):
         raise TrainingDiverged(
             "training diverged (the loss became NaN or infinite) and was stopped; nothing "
@@ -209,6 +216,8 @@ def check_finite(history, config):
 def one_device_copy(vae, config, placement):
     """The trained weights in a VAE on one device, for evaluation and plots: a distributed
     model's predict splits every batch over the replicas (and gathers it from every worker)."""
+    import training
+
     with placement.one_device():
         copy = training.build_model(config, vae.num_classes)
     copy.set_weights(vae.get_weights())
@@ -228,6 +237,12 @@ def main(argv=None):
     """`python main.py`: the flags, then a training run (or --evaluate-only). A mistake the
     user can fix ends in one line, `error: ...`, with exit status 1."""
     config = settings.parse_args(argv, description=__doc__.split("\n\n")[0])
+    # Only now, the command line read: TensorFlow's options, then TensorFlow itself.
+    startup.prepare_tensorflow(config.tensorflow_notices)
+    import distribution
+    import results
+    from callbacks import Terminated, raise_terminated
+
     # docker stop, SLURM and Kubernetes send SIGTERM, then SIGKILL after a grace period:
     # stop at once, as for Ctrl-C, with the last finished epoch's backup whole.
     signal.signal(signal.SIGTERM, raise_terminated)

@@ -221,19 +221,22 @@ def sample_images(head, features, channels, components, seed=0):
 
     Each pixel runs the head on the rows it can see (`rows_seen_above`) rather than on the
     whole image, so a 32x32 image costs 1,024 small passes. Each pass goes through
-    `predict_on_batch`, which compiles the head once per window height, where a direct call
+    `predict_on_batch`, which compiles the head for the passes' shape, where a direct call
     would run it layer by layer; the head must then be on one device (as main.py's copy
     and a loaded model are)."""
     rng = np.random.default_rng(seed)
     count, height, width = features.shape[:3]
     images = np.zeros((count, height, width, channels), np.float32)
     reach = rows_seen_above(head)
+    # Every pass takes as many rows, so the head is compiled once, not once per height: a
+    # row near the top is drawn from the image's first rows, as a row reads none below it.
+    rows = min(reach + 1, height)
     for row in range(height):
         top = max(0, row - reach)
-        window_features = features[:, top : row + 1]
+        window_features = features[:, top : top + rows]
         for column in range(width):
-            parameters = head.predict_on_batch([window_features, images[:, top : row + 1]])
-            parameters = np.asarray(parameters)[:, -1, column]
+            parameters = head.predict_on_batch([window_features, images[:, top : top + rows]])
+            parameters = np.asarray(parameters)[:, row - top, column]
             left = images[:, row, column - 1] if column else np.zeros((count, channels))
             images[:, row, column] = sample_pixel(parameters, left, channels, components, rng)
     return images

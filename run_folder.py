@@ -22,15 +22,19 @@ import math
 import os
 import shutil
 
-import keras
-
 import data
 from settings import RESUME_SETTINGS
 
+# File locks, to keep two runs out of one output folder: fcntl's on POSIX systems, msvcrt's
+# on Windows.
 try:
-    import fcntl  # file locks, to keep two runs out of one output folder (POSIX only)
+    import fcntl
 except ImportError:
     fcntl = None
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 
 class RunError(ValueError):
@@ -80,15 +84,40 @@ def output_lock(output_dir):
             f"cannot open {path} ({error.strerror}); if it is a symbolic link, remove it"
         ) from None
     with os.fdopen(descriptor, "w") as lock_file:
-        if fcntl:  # not on Windows: there, runs are not guarded against each other
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunError(
-                    f"another run is using {output_dir}; wait for it to finish or choose "
-                    "another --output-dir"
-                ) from None
-        yield
+        locked = lock(lock_file.fileno(), output_dir)
+        try:
+            yield
+        finally:
+            if locked and not fcntl:  # Windows asks that a lock be undone before closing
+                with contextlib.suppress(OSError):
+                    os.lseek(descriptor, 0, os.SEEK_SET)
+                    msvcrt.locking(descriptor, msvcrt.LK_UNLCK, 1)
+
+
+def lock(descriptor, output_dir):
+    """Lock the open file `descriptor` for this run, or refuse a second run in `output_dir`;
+    True if locked, False (said in one line) where the system has no file locks."""
+    if not (fcntl or msvcrt):
+        print(
+            f"This system has no file locks: a second run started in {output_dir} would not "
+            "be refused, so start one at a time there."
+        )
+        return False
+    busy = RunError(
+        f"another run is using {output_dir}; wait for it to finish or choose another --output-dir"
+    )
+    if fcntl:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        return True
+    os.lseek(descriptor, 0, os.SEEK_SET)  # its first byte, which need not exist
+    try:
+        msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+    except OSError:  # EACCES: another process holds it
+        raise busy from None
+    return True
 
 
 def prepare_run(config, write=True, data_fingerprint=None):
@@ -320,6 +349,8 @@ def save_models(vae, models_dir):
 def load_model_file(path):
     """keras.saving.load_model (safe_mode on), with a one-line error for a missing or broken
     file."""
+    import keras  # here, not above: main.py imports this module before TensorFlow loads
+
     if not os.path.exists(path):
         raise RunError(f"{path}: no saved model there; train one first with python main.py")
     try:

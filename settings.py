@@ -15,8 +15,15 @@ import math
 from dataclasses import dataclass
 
 import data
-import distribution
-from vae import LIKELIHOOD_PARAMETERS
+
+# settings.py imports no TensorFlow, nor any module that does: main.py reads the command
+# line before TensorFlow loads, so --help and a refused setting answer at once. The model
+# and distribution modules take the choices they need from here.
+
+# Each --likelihood, and how many numbers per pixel and channel the decoder gives for it.
+LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregressive": 2}
+# Each --distribute (distribution.py).
+DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
 
 # Settings whose best value depends on the images' colour, for a run that leaves them unset:
 # grey digits and clothes are drawn in a 2-D latent space with the classic Bernoulli loss,
@@ -301,7 +308,7 @@ SETTINGS = (
         "none",
         "split each batch over every local GPU (mirrored) or over machines named in "
         "TF_CONFIG (multi-worker); see docs/distributed.md",
-        choices=distribution.MODES,
+        choices=DISTRIBUTE_MODES,
     ),
     # Evaluation
     Setting(
@@ -344,7 +351,8 @@ SETTINGS = (
         "tensorflow_notices",
         False,
         "show TensorFlow's start-up notices (its CUDA probe, oneDNN and CPU-feature lines), "
-        "hidden by default; so does setting TF_CPP_MIN_LOG_LEVEL",
+        "hidden by default; TF_CPP_MIN_LOG_LEVEL, where set, chooses them as TensorFlow "
+        "does: 0 all, 1 warnings and errors, 2 errors, 3 none",
         bool,
     ),
 )

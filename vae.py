@@ -32,10 +32,9 @@ import pixel_head
 from data import CHANNELS
 from distribution import scale_for_replicas
 from pixel_head import LEVELS, discretized_logistic_log_probability
+from settings import LIKELIHOOD_PARAMETERS  # the decoder's numbers per pixel and channel
 
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
-# The decoder's "logits" give this many numbers per pixel and channel for each likelihood.
-LIKELIHOOD_PARAMETERS = {"bernoulli": 1, "discretized_logistic": 2, "autoregressive": 2}
 # The autoregressive likelihood's pixel head: its width, depth and logistics per pixel.
 PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 # The weight of the decoder's own image (its likelihood given z alone) in a pixel head's

@@ -16,21 +16,47 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def _data_dir(name):
-    folder = SHARED_DATA / name
-    if not (folder / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"real {name} files not found in {folder}")
-    return str(folder)
+# What each data set's files are in Keras' download cache: a folder for --data-dir, and a
+# file that shows it holds them (main.py reads mnist.npz, and Fashion-MNIST's IDX files).
+CACHED = {
+    "mnist": ("datasets", "mnist.npz"),
+    "fashion_mnist": ("datasets/fashion-mnist", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def keras_caches():
+    """Where Keras' load_data() keeps its downloads, as keras.utils.get_file chooses:
+    $KERAS_HOME, else ~/.keras, else (a home folder it cannot write) /tmp/.keras."""
+    if "KERAS_HOME" in os.environ:
+        return [pathlib.Path(os.environ["KERAS_HOME"])]
+    return [pathlib.Path.home() / ".keras", pathlib.Path("/tmp/.keras")]
+
+
+def real_data_dir(name, shared=SHARED_DATA):
+    """A --data-dir holding the real data set `name`: NAME in `shared` (../shared/data
+    beside this repository), else Keras' download cache; the test is skipped, saying how to
+    get the data, where neither holds it."""
+    if (shared / name / "train-images-idx3-ubyte.gz").exists():
+        return str(shared / name)
+    folder, marker = CACHED[name]
+    for cache in keras_caches():
+        if (cache / folder / marker).exists():
+            return str(cache / folder)
+    pytest.skip(
+        f"real {name} files not found in {shared / name} or in Keras' cache "
+        f"({keras_caches()[0]}); python -c 'import keras; keras.datasets.{name}.load_data()' "
+        "downloads them there"
+    )
 
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    return _data_dir("mnist")
+    return real_data_dir("mnist")
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
-    return _data_dir("fashion_mnist")
+    return real_data_dir("fashion_mnist")
 
 
 def idx_bytes(array, magic):

@@ -32,7 +32,7 @@ def runs(mnist_dir, tmp_path_factory):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_trains_saves_and_plots(runs, backend):
     if backend not in runs:
-        pytest.skip(f"{backend} is not installed")
+        pytest.skip(f"{backend} is not installed: pip install -r requirements-backends.txt")
     folder = runs[backend]
     for name in RUN_OUTPUTS:
         assert (folder / name).stat().st_size > 0, name
@@ -77,7 +77,7 @@ print(json.dumps(result))
 @pytest.mark.slow
 def test_models_saved_on_one_backend_load_on_every_backend(runs):
     if len(runs) < 2:
-        pytest.skip("only one Keras backend is installed")
+        pytest.skip("only one Keras backend is installed: pip install -r requirements-backends.txt")
     folders = {backend: str(folder) for backend, folder in runs.items()}
     loaded = {
         backend: run_python(
@@ -131,7 +131,7 @@ def test_a_colour_model_with_the_discretized_logistic_trains_on_every_backend(ba
     import vae
 
     if backend not in installed_backends():
-        pytest.skip(f"{backend} is not installed")
+        pytest.skip(f"{backend} is not installed: pip install -r requirements-backends.txt")
     result = run_python(COLOUR_MODEL.format(repo=str(REPO)), env={"KERAS_BACKEND": backend})
     rng = np.random.default_rng(0)  # the same values as in COLOUR_MODEL, here on TensorFlow
     values = (rng.integers(0, 256, (2, 4, 4, 3)) / 255).astype("float32")

@@ -14,7 +14,6 @@ import settings
 from conftest import REPO, run_main
 
 
-@pytest.mark.slow
 def test_help_documents_every_setting_with_its_default():
     result = run_main(["--help"])
     assert result.returncode == 0
@@ -28,6 +27,32 @@ def test_help_documents_every_setting_with_its_default():
     assert "default 256 for grey images" in help_text and "64 for colour ones" in help_text
     assert "enough for 3,000 steps and at least 14 epochs for grey images" in help_text
     assert "(default: None)" not in help_text
+
+
+@pytest.mark.parametrize(
+    "arguments, status",
+    [(["--help"], 0), (["--epochs", "0"], 2), (["--dataset", "cifar100"], 2)],
+)
+def test_help_and_a_refused_setting_answer_before_tensorflow_loads(arguments, status):
+    """`python main.py --help`, or a setting it refuses, answers at once: the command line is
+    read before TensorFlow, or Keras (which loads it), is imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "main.py"), *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stderr.splitlines()
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert "settings" in imported  # -X importtime names what main.py imports
+    assert not {name.split(".")[0] for name in imported} & {"tensorflow", "keras"}
+    assert result.returncode == status
+    if status:
+        [message] = [line for line in lines if not line.startswith("import time:")][-1:]
+        assert message.startswith(f"main.py: error: argument {arguments[0]}: ")
+    else:
+        assert "--tensorflow-notices" in result.stdout
 
 
 def readme_settings_table():
@@ -256,6 +281,11 @@ ONEDNN_STATE = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import main
+# A run that loads TensorFlow, then stops: there is no saved model to evaluate.
+try:
+    main.main(["--evaluate-only", "--output-dir", {output_dir!r}])
+except SystemExit as stop:
+    assert "no saved model there" in str(stop.code), stop.code
 # TensorFlow's own answer: are its oneDNN kernels on?
 from tensorflow.python.util import _pywrap_util_port
 print(json.dumps(_pywrap_util_port.IsMklEnabled()))
@@ -264,7 +294,7 @@ print(json.dumps(_pywrap_util_port.IsMklEnabled()))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting, expected", [(None, True), ("0", False)])
-def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected):
+def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected, tmp_path):
     """`python main.py` turns TensorFlow's oneDNN kernels on (faster here, off by TensorFlow's
     default on AMD CPUs); TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off."""
     pytest.importorskip("tensorflow")
@@ -274,7 +304,7 @@ def test_onednn_is_on_unless_the_user_turns_it_off(setting, expected):
     if setting is not None:
         environment["TF_ENABLE_ONEDNN_OPTS"] = setting
     result = subprocess.run(
-        [sys.executable, "-c", ONEDNN_STATE.format(repo=str(REPO))],
+        [sys.executable, "-c", ONEDNN_STATE.format(repo=str(REPO), output_dir=str(tmp_path))],
         env=environment,
         capture_output=True,
         text=True,

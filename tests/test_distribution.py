@@ -14,7 +14,6 @@ import pytest
 from conftest import (
     QUICK,
     REPO,
-    SHARED_DATA,
     free_port,
     run_main,
     run_python,
@@ -108,7 +107,7 @@ print(json.dumps({{"history": history.history, "epochs": history.epoch,
 """
 
 
-def start_workers(folder, output_dirs, settings=SMALL_RUN):
+def start_workers(folder, output_dirs, data_dir, settings=SMALL_RUN):
     """Two `main.train` processes on 127.0.0.1, worker 0 and worker 1 of one cluster.
 
     Their output goes to files in `folder`, not to pipes: a pipe that is not read while the
@@ -121,7 +120,7 @@ def start_workers(folder, output_dirs, settings=SMALL_RUN):
         tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
         code = WORKER.format(
             repo=str(REPO),
-            data_dir=str(SHARED_DATA / "mnist"),
+            data_dir=data_dir,
             output_dir=str(output_dir),
             settings=settings,
             weights=str(folder / f"weights{index}.npz"),
@@ -173,7 +172,7 @@ def assert_same_weights(weights):
 @pytest.mark.slow
 def test_two_workers_train_the_same_weights_and_only_the_chief_writes(mnist_dir, tmp_path):
     results, weights = finish(
-        start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"]), tmp_path
+        start_workers(tmp_path, [tmp_path / "worker0", tmp_path / "worker1"], mnist_dir), tmp_path
     )
     assert results[0]["history"] == results[1]["history"]  # the logs are reduced over both workers
     assert np.isfinite(results[0]["history"]["val_loss"]).all()
@@ -200,13 +199,15 @@ def test_two_killed_workers_resume_from_the_chiefs_backup(mnist_dir, tmp_path):
         f"limit={limit}, epochs=2, batch_size={batch_size}, filters=8, hidden_units=32, "
         "iw_samples=2, plots=False, image_every=0"
     )
-    workers = start_workers(tmp_path, [output_dir, output_dir], settings)
+    workers = start_workers(tmp_path, [output_dir, output_dir], mnist_dir, settings)
     wait_for_first_epoch(workers, output_dir)
     for worker in workers:
         worker.kill()
         worker.wait()
 
-    results, weights = finish(start_workers(tmp_path, [output_dir, output_dir], settings), tmp_path)
+    results, weights = finish(
+        start_workers(tmp_path, [output_dir, output_dir], mnist_dir, settings), tmp_path
+    )
     steps_per_epoch = -(-limit // batch_size)
     for result in results:
         assert result["epochs"] == [1]  # continued with the second epoch, not restarted
@@ -238,7 +239,10 @@ def backend_installed(name):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not backend_installed("torch"), reason="PyTorch is not installed")
+@pytest.mark.skipif(
+    not backend_installed("torch"),
+    reason="PyTorch is not installed: pip install -r requirements-backends.txt",
+)
 def test_torch_refuses_distribution_with_a_clear_error(tmp_path):
     result = run_main(
         ["--distribute", "mirrored", "--output-dir", str(tmp_path)], {"KERAS_BACKEND": "torch"}
@@ -250,14 +254,17 @@ def test_torch_refuses_distribution_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not backend_installed("jax"), reason="JAX is not installed")
+@pytest.mark.skipif(
+    not backend_installed("jax"),
+    reason="JAX is not installed: pip install -r requirements-backends.txt",
+)
 def test_jax_mirrored_uses_data_parallel_and_matches_one_device(mnist_dir, tmp_path):
     """Two host devices: DataParallel computes the same global batch as one device."""
     result = run_python(
         f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
-import jax, keras, main, settings
+import distribution, jax, keras, main, settings
 result = {{"devices": len(jax.devices())}}
 for mode in ("none", "mirrored"):
     # JAX compiles every new shape: pictures would cost most of the time.
@@ -269,7 +276,7 @@ result["distribution"] = type(keras.distribution.distribution()).__name__
 try:
     main.train(settings.Config(data_dir={mnist_dir!r}, output_dir={str(tmp_path)!r} + "/odd",
                            distribute="mirrored", batch_size=63))
-except main.distribution.DistributionError as error:
+except distribution.DistributionError as error:
     result["odd_batch"] = str(error)
 print(json.dumps(result))
 """,

@@ -19,6 +19,11 @@ import mnist_files
 from cifar10_files import python_batches, write_archive
 from conftest import REPO, colour_spread, quick_config
 
+# How to enable the tests that a missing package skips.
+NOTEBOOK_PACKAGES = (
+    "the notebook's packages are not installed: pip install -r requirements-notebook.txt"
+)
+
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
 PICTURE_SECTIONS = [
     "latent-space",
@@ -35,8 +40,8 @@ def execute(output_dir, data_dir=None, hide=None):
     """Run every cell as `jupyter nbconvert --execute` would, with VAE_OUTPUT_DIR (and
     VAE_DATA_DIR) set for the kernel; `hide` is (a package the kernel cannot import, a
     folder for the stand-in that refuses it)."""
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient", reason=NOTEBOOK_PACKAGES)
+    nbformat = pytest.importorskip("nbformat", reason=NOTEBOOK_PACKAGES)
     environment = {name: value for name, value in os.environ.items() if name != "VAE_DATA_DIR"}
     environment.update({"VAE_OUTPUT_DIR": str(output_dir), "TF_CPP_MIN_LOG_LEVEL": "2"})
     if data_dir:
@@ -92,7 +97,7 @@ def pictures_in(cell):
 
 @pytest.mark.slow
 def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, tmp_path):
-    pytest.importorskip("ipywidgets")
+    pytest.importorskip("ipywidgets", reason=NOTEBOOK_PACKAGES)
     output_dir, _, _ = trained_run  # latent size 2
     # Keras' mnist.npz, as main.py reads it from --data-dir (a few training images suffice).
     _, (test_images, test_labels) = data.load_dataset("mnist", mnist_dir)
@@ -190,7 +195,7 @@ def test_notebook_draws_a_colour_model_in_colour(tmp_path):
 
 
 def test_missing_models_stop_the_notebook_with_one_sentence(tmp_path):
-    nbclient = pytest.importorskip("nbclient")
+    nbclient = pytest.importorskip("nbclient", reason=NOTEBOOK_PACKAGES)
 
     with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
         execute(tmp_path)
@@ -203,7 +208,7 @@ def test_missing_models_stop_the_notebook_with_one_sentence(tmp_path):
 
 
 def test_a_wrong_data_folder_stops_the_notebook_with_one_sentence(tmp_path):
-    nbclient = pytest.importorskip("nbclient")
+    nbclient = pytest.importorskip("nbclient", reason=NOTEBOOK_PACKAGES)
     (tmp_path / "models").mkdir()
     for name in ("encoder.keras", "decoder.keras", "metrics.json"):
         (tmp_path / "models" / name).touch()

@@ -220,7 +220,7 @@ FULL_DISK = """
 import hashlib, json, os, sys
 sys.path.insert(0, {repo!r})
 import keras
-import main, settings
+import callbacks, main, settings
 
 output_dir = {output_dir!r}
 arguments = {arguments!r}
@@ -244,13 +244,13 @@ class FillTheDisk(keras.callbacks.Callback):
 
 
 fill = FillTheDisk()
-make_callbacks = main.make_callbacks
-main.make_callbacks = lambda *args: make_callbacks(*args) + [fill]
+make_callbacks = callbacks.make_callbacks
+callbacks.make_callbacks = lambda *args: make_callbacks(*args) + [fill]
 try:
     main.main(arguments)
 except SystemExit as stop:
     message = str(stop.code)
-main.make_callbacks = make_callbacks
+callbacks.make_callbacks = make_callbacks
 with open(os.path.join(output_dir, "checkpoint.keras"), "rb") as file:
     checkpoint_kept = hashlib.sha256(file.read()).hexdigest() == fill.checkpoint
 keras.saving.load_model(os.path.join(output_dir, "checkpoint.keras"))  # whole
@@ -267,7 +267,7 @@ def test_a_full_disk_ends_the_run_in_one_sentence_and_loses_nothing(tmp_path, mn
     epoch: the second epoch's save fails, the run says which folder needs how much, the
     first epoch's checkpoint and backup are whole, and the same command resumes."""
     if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        pytest.skip("unshare is not installed: apt-get install util-linux")
     output_dir = tmp_path / "small-disk"
     output_dir.mkdir()
     probe = subprocess.run(
