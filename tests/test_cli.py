@@ -22,7 +22,7 @@ def test_help_documents_every_setting_with_its_default():
     assert f"(default: {settings.Config().seed})" in result.stdout
     # Defaults that depend on the images say so; no flag shows "None".
     help_text = " ".join(result.stdout.split())
-    assert "default 2 for grey images" in help_text and "128 for colour ones" in help_text
+    assert "default 2 for grey images" in help_text and "4 per position" in help_text
     assert "auto: bernoulli for grey images, autoregressive for colour ones" in help_text
     assert "default 256 for grey images" in help_text and "64 for colour ones" in help_text
     assert "enough for 3,000 steps and at least 14 epochs for grey images" in help_text
