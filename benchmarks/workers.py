@@ -247,10 +247,16 @@ def default_description(config):
     from callbacks import plural
 
     warmup = config.lr_warmup_epochs
+    if config.spatial_latent:
+        side = config.image_size // 4
+        next_to_z = f"a 3x3 convolution on each side of z, latent {config.latent_dim} "
+        next_to_z += f"({side}x{side}x{config.latent_dim // side**2} map), "
+    else:
+        next_to_z = f"dense {config.hidden_layers} x {config.hidden_units} "
+        next_to_z += f"({config.dense_activation}) on each side of z, latent {config.latent_dim}, "
     return (
-        f"`training.make_model(Config())`: filters {config.filters}/{2 * config.filters}, dense "
-        f"{config.hidden_layers} x {config.hidden_units} ({config.dense_activation}) on each "
-        f"side of z, latent {config.latent_dim}, "
+        f"`training.make_model(Config())`: filters {config.filters}/{2 * config.filters}, "
+        f"{next_to_z}"
         f"batch {config.batch_size}, Adam {config.learning_rate:g}"
         f"{' with cosine decay' if config.cosine_decay else ''}"
         f"{f' after a {warmup}-epoch warm-up' if warmup else ''}, "

@@ -243,7 +243,8 @@ def test_backend_row_trains_on_colour_images(tmp_path, monkeypatch):
     assert benchmark.parse_args(worker_argv[2:]).dataset == "cifar10"
     result = workers.run_backend_worker(args)
     assert result["config"]["dataset"] == "cifar10" and result["config"]["colour"] == "rgb"
-    assert "latent 128" in result["description"] and np.isfinite(result["final_val_loss"])
+    assert "latent 256 (8x8x4 map)" in result["description"]
+    assert np.isfinite(result["final_val_loss"])
 
 
 def test_matmul_peak_reports_the_best_size():

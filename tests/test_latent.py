@@ -157,7 +157,7 @@ def test_mlp_baseline_has_the_pytorch_example_shapes_and_learns():
 
 
 def test_traversals_draw_the_sixteen_most_informative_dimensions_at_most(tmp_path):
-    """A colour model's 128 dimensions would make a picture too tall to read."""
+    """A colour model's hundreds of dimensions would make a picture too tall to read."""
     import matplotlib.image
 
     import plotting
