@@ -176,7 +176,8 @@ def latent_report(metrics):
     if share < evaluation.COLLAPSED_RATE_SHARE or not active:
         lines.append(
             "The latent carries almost nothing: the likelihood codes the images without z. "
-            "Try --spatial-latent, more --epochs, or --likelihood discretized_logistic."
+            "Train longer (--epochs), weight the KL term less (--beta 0.5), or let the "
+            "decoder alone draw the images (--likelihood discretized_logistic)."
         )
     return lines
 

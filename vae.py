@@ -354,7 +354,8 @@ def draw_images(vae, decoder_inputs, seed=0):
     or, with a pixel head, a draw of every pixel in turn (pixel_head.sample_images)."""
     if vae.pixel_head is None:
         return np.asarray(vae.decoder.predict(decoder_inputs, verbose=0))
-    features = vae.decoder_logits.predict(decoder_inputs, verbose=0)[1]
+    # One batch, so one compiled shape: a smaller last batch would be compiled again.
+    features = np.asarray(vae.decoder_logits.predict_on_batch(decoder_inputs)[1])
     return pixel_head.sample_images(
         vae.pixel_head, features, vae.channels, vae.mixture_components, seed
     )
