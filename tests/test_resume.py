@@ -67,7 +67,7 @@ def test_a_resumed_run_goes_on_from_its_backup_and_ends_as_an_uninterrupted_one(
     start = RecordTheStart()
     make_callbacks = callbacks.make_callbacks
     with monkeypatch.context() as patched:
-        patched.setattr(main, "make_callbacks", lambda *args: make_callbacks(*args) + [start])
+        patched.setattr(callbacks, "make_callbacks", lambda *args: make_callbacks(*args) + [start])
         vae, history = main.train(config)
     assert history.epoch == [1]
     train_count = SETTINGS["limit"]

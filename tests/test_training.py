@@ -107,7 +107,9 @@ def interrupt_after_the_first_epoch(config, monkeypatch):
     make_callbacks = callbacks.make_callbacks
     with monkeypatch.context() as patched:
         patched.setattr(
-            main, "make_callbacks", lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()]
+            callbacks,
+            "make_callbacks",
+            lambda *args: make_callbacks(*args) + [StopAfterFirstEpoch()],
         )
         with pytest.raises(KeyboardInterrupt):
             main.train(config)
@@ -174,7 +176,7 @@ def test_checkpoint_stays_the_best_epoch_across_a_resume(tmp_path, mnist_dir, mo
 
     make_callbacks = callbacks.make_callbacks
     monkeypatch.setattr(
-        main, "make_callbacks", lambda *args: make_callbacks(*args) + [SpoilTheWeights()]
+        callbacks, "make_callbacks", lambda *args: make_callbacks(*args) + [SpoilTheWeights()]
     )
     _, history = main.train(config)
     assert history.epoch == [1] and history.history["val_loss"][0] > 1000  # much worse
