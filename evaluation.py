@@ -73,8 +73,13 @@ def active_units(mean_kl_per_dimension, threshold=ACTIVE_UNIT_NATS):
 def psnr(images, references):
     """Peak signal-to-noise ratio in dB of `images` against `references` (values in [0, 1]):
     10 log10(1 / mean squared error), the error averaged over every value of every image."""
-    error = np.mean((np.asarray(images, np.float64) - np.asarray(references, np.float64)) ** 2)
-    return float(10 * math.log10(1.0 / max(error, 1e-12)))
+    error = (np.asarray(images, np.float64) - np.asarray(references, np.float64)) ** 2
+    return psnr_of_error(error)
+
+
+def psnr_of_error(squared_errors):
+    """The PSNR in dB of these squared errors of values in [0, 1], averaged."""
+    return float(10 * math.log10(1.0 / max(float(np.mean(squared_errors)), 1e-12)))
 
 
 def mean_image_psnr(images):
@@ -145,7 +150,7 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
         "rate_bits_per_dim": bits_per_dimension(float(np.mean(kl)), vae.dimensions),
         "rate_share": float(np.mean(kl)) / negative_elbo,
         # How much of the picture z carries: the decoder's one-pass image at z_mean.
-        "decoder_psnr": float(10 * math.log10(1.0 / max(np.mean(squared_error), 1e-12))),
+        "decoder_psnr": psnr_of_error(squared_error),
         "mean_image_psnr": mean_image_psnr(images),
         "iw_bits_per_dim": bits_per_dimension(iw_nll, vae.dimensions),
         "likelihood": vae.likelihood,

@@ -56,6 +56,14 @@ GREY, RGB = COLOUR_DEFAULTS["grey"], COLOUR_DEFAULTS["rgb"]
 MIN_EPOCH_STEPS, MIN_BATCH_SIZE = 16, 16
 # A spatial z left to its default has this many channels at each position of its map.
 LATENT_MAP_CHANNELS = 4
+
+
+def latent_map_side(image_size):
+    """A spatial z's map is this many positions a side: the image's size after the two
+    stride-2 convolutions."""
+    return image_size // 4
+
+
 # TensorBoard's pictures about this many times in a run, when --image-every is left unset.
 IMAGE_LOGS = 20
 # --limit N keeps N training and N // LIMIT_TEST_SHARE test images.
@@ -456,7 +464,7 @@ def settled(config, colour=None, train_count=None):
         spatial = defaults["spatial_latent"] and not config.latent_dim
     latent_dim = config.latent_dim or defaults["latent_dim"]
     if spatial and not config.latent_dim:  # so many channels at each position of the map
-        latent_dim = LATENT_MAP_CHANNELS * (config.image_size // 4) ** 2
+        latent_dim = LATENT_MAP_CHANNELS * latent_map_side(config.image_size) ** 2
     config = dataclasses.replace(
         config,
         latent_dim=latent_dim,
@@ -525,8 +533,8 @@ def check_labels(config, images):
         )
     chosen = settled(config, images.colour)
     latent_dim = chosen.latent_dim
-    if chosen.spatial_latent and latent_dim % (chosen.image_size // 4) ** 2:
-        positions = (chosen.image_size // 4) ** 2
+    positions = latent_map_side(chosen.image_size) ** 2
+    if chosen.spatial_latent and latent_dim % positions:
         raise data.DataError(
             f"a spatial latent at --image-size {chosen.image_size} has {positions} positions, "
             f"so --latent-dim must be a multiple of {positions}, not {latent_dim}; or add "

@@ -32,7 +32,7 @@ import pixel_head
 from data import CHANNELS
 from distribution import scale_for_replicas
 from pixel_head import LEVELS, discretized_logistic_log_probability
-from settings import LIKELIHOOD_PARAMETERS  # the decoder's numbers per pixel and channel
+from settings import LIKELIHOOD_PARAMETERS, latent_map_side
 
 PACKAGE = "vae"  # the namespace of our classes in saved .keras files
 # The autoregressive likelihood's pixel head: its width, depth and logistics per pixel.
@@ -103,7 +103,7 @@ def build_encoder(config, num_classes=0):
 def latent_map_shape(config):
     """A spatial z's (rows, columns, channels): a quarter of the image's size on each side,
     with `latent_dim` split evenly over the positions."""
-    side = config.image_size // 4
+    side = latent_map_side(config.image_size)
     if config.latent_dim % (side * side):
         raise ValueError(
             f"a spatial latent at --image-size {config.image_size} has {side}x{side} positions: "

@@ -245,12 +245,13 @@ def default_training_flops(config):
 
 def default_description(config):
     from callbacks import plural
+    from vae import latent_map_shape
 
     warmup = config.lr_warmup_epochs
     if config.spatial_latent:
-        side = config.image_size // 4
+        rows, columns, channels = latent_map_shape(config)
         next_to_z = f"a 3x3 convolution on each side of z, latent {config.latent_dim} "
-        next_to_z += f"({side}x{side}x{config.latent_dim // side**2} map), "
+        next_to_z += f"({rows}x{columns}x{channels} map), "
     else:
         next_to_z = f"dense {config.hidden_layers} x {config.hidden_units} "
         next_to_z += f"({config.dense_activation}) on each side of z, latent {config.latent_dim}, "
