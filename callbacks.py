@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 import plotting
+import vae as vae_module
 from evaluation import bits_per_dimension
 from flops import decoder_flops, forward_flops, vae_flops
 from run_folder import (
@@ -340,7 +341,10 @@ class TensorBoardImages(keras.callbacks.Callback):
         import tensorflow as tf  # TensorBoard's writer; the rest of the program is backend-neutral
 
         z_mean = plotting.encode(self.model.encoder, self.images, self.labels)
-        samples = plotting.prior_samples(self.model.decoder, 2 * self.COLUMNS, seed=self.seed)
+        prior = vae_module.prior_transform(self.model)
+        samples = plotting.prior_samples(
+            self.model.decoder, 2 * self.COLUMNS, seed=self.seed, prior=prior
+        )
         scatter = plotting.figure_png(
             plotting.latent_space_figure(z_mean, self.labels, self.class_names)
         )
@@ -355,7 +359,8 @@ class TensorBoardImages(keras.callbacks.Callback):
             tf.summary.image(
                 "samples from the prior",
                 plotting.image_grid(samples, self.COLUMNS, self.GAP)[None],
-                description="Decodes of fixed z drawn from N(0, I): the same z every epoch",
+                description=f"Decodes of z drawn from {plotting.prior_name(prior)}, of the same "
+                "noise every epoch",
             )
             tf.summary.image("latent space", tf.image.decode_png(scatter)[None])
         self.writer.flush()

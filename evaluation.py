@@ -34,7 +34,7 @@ from scipy.special import entr, logsumexp
 
 from data import one_hot
 from training import jit_compile
-from vae import decode_for_loss, image_nats, kl_divergence
+from vae import decode_for_loss, image_nats, kl_divergence, prior_parameters
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
@@ -94,6 +94,44 @@ def _log_normal(z, mean, log_var):
     return -0.5 * np.sum(LOG_2PI + log_var + (z - mean) ** 2 / np.exp(log_var), axis=-1)
 
 
+def log_prior(z, prior=None):
+    """log p(z), summed over the latent dimensions: N(0, I), or the learned prior's
+    `(mean, W)` (vae.prior_parameters), under which W (z - mean) is N(0, I)."""
+    if prior is None:
+        return _log_normal(z, 0.0, 0.0)
+    mean, whitening = prior
+    whitened = (z - mean) @ whitening.T
+    return _log_normal(whitened, 0.0, 0.0) + np.sum(np.log(np.diag(whitening)))
+
+
+def kl_to_prior(z_mean, z_log_var, prior=None):
+    """KL(q(z|x) || p(z)) per image (float64): the dimensions' KL from N(0, 1) summed, or,
+    for the learned prior's `(mean, W)`, the KL between Gaussians in closed form."""
+    if prior is None:
+        return kl_per_dimension(z_mean, z_log_var).sum(axis=1)
+    mean, whitening = prior
+    whitened = (z_mean - mean) @ whitening.T
+    trace = np.exp(z_log_var) @ np.sum(whitening**2, axis=0)
+    log_determinant = 2 * np.sum(np.log(np.diag(whitening)))  # of the prior's precision
+    size = z_mean.shape[1]
+    return 0.5 * (
+        np.sum(whitened**2, axis=1) + trace - size - np.sum(z_log_var, axis=1) - log_determinant
+    )
+
+
+def marginal_kl_per_dimension(z_mean, z_log_var, prior=None):
+    """Each image's and latent dimension's KL from the prior's marginal of that dimension:
+    what each dimension carries (for the active units). Under N(0, I) these sum to the KL;
+    under a learned prior, whose dimensions go together, they need not."""
+    if prior is None:
+        return kl_per_dimension(z_mean, z_log_var)
+    mean, whitening = prior
+    variance = np.sum(np.linalg.inv(whitening) ** 2, axis=1)  # the diagonal of (W^T W)^-1
+    return 0.5 * (
+        (np.exp(z_log_var) + (z_mean - mean) ** 2) / variance - 1.0 - z_log_var + np.log(variance)
+    )
+
+
 def sample_nats_model(vae):
     """-log p(x|z) of each (z, image) pair in one compiled pass: the decoder's logits and the
     likelihood together, so that the per-sample logits never leave the graph. Inputs
@@ -117,7 +155,13 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
     same images (`coder_bits_per_dimension`, outside the timed `seconds`).
     """
     rng = np.random.default_rng(seed)
-    parts = {"reconstruction": [], "kl": [], "iw_nll": [], "squared_error": []}
+    parts = {
+        "reconstruction": [],
+        "kl": [],
+        "kl_per_dimension": [],
+        "iw_nll": [],
+        "squared_error": [],
+    }
     started = time.perf_counter()
     scorer = sample_nats_model(vae)
     progress = keras.utils.Progbar(len(images), unit_name="image") if verbose else None
@@ -130,9 +174,10 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
             parts[name].append(values)
         if progress:
             progress.add(len(images[batch]))
-    reconstruction, kl, iw_nll, squared_error = (np.concatenate(v) for v in parts.values())
-    mean_kl_per_dimension = kl.mean(axis=0)
-    kl = kl.sum(axis=1)
+    reconstruction, kl, kl_per_dim, iw_nll, squared_error = (
+        np.concatenate(v) for v in parts.values()
+    )
+    mean_kl_per_dimension = kl_per_dim.mean(axis=0)
     negative_elbo, iw_nll = float(np.mean(reconstruction + kl)), float(np.mean(iw_nll))
     seconds = round(time.perf_counter() - started, 1)
     return {
@@ -164,7 +209,8 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
 
 def score_batch(vae, scorer, batch, labels, where, samples, rng, rows=None):
     """For each image of `batch` (at `where` among the `labels`): its mean -log p(x|z) over
-    `samples` draws of z, its KL per latent dimension, its importance-weighted NLL and the
+    `samples` draws of z, its KL, each latent dimension's (marginal_kl_per_dimension), its
+    importance-weighted NLL and the
     mean squared error of the decoder's image at z_mean. The models run on batches padded
     to `rows` images (`predict_padded`)."""
     rows = rows or len(batch)
@@ -186,13 +232,18 @@ def score_batch(vae, scorer, batch, labels, where, samples, rng, rows=None):
         inputs = [z, repeated]
     nats = predict_padded(scorer, inputs, rows * samples)[0].reshape(len(batch), samples)
     z = z.reshape(len(batch), samples, -1).astype(np.float64)
+    prior = prior_parameters(vae)
     log_weights = (
         -nats.astype(np.float64)
-        + _log_normal(z, 0.0, 0.0)
+        + log_prior(z, prior)
         - _log_normal(z, z_mean[:, None], z_log_var[:, None])
     )
     iw_nll = -(logsumexp(log_weights, axis=1) - math.log(samples))
-    return nats.mean(axis=1), kl_per_dimension(z_mean, z_log_var), iw_nll, squared_error
+    kl, kl_per_dim = (
+        kl_to_prior(z_mean, z_log_var, prior),
+        marginal_kl_per_dimension(z_mean, z_log_var, prior),
+    )
+    return nats.mean(axis=1), kl, kl_per_dim, iw_nll, squared_error
 
 
 def predict_padded(model, inputs, rows):

@@ -210,21 +210,32 @@ def plot_reconstructions(images, reconstructions, path):
     _save(figure, path)
 
 
-def prior_samples(decoder, count, seed=0, labels=None, draw=None):
-    """Decodes of z drawn from the prior N(0, I) (with random labels if conditional)."""
+def prior_draws(decoder, count, rng, prior=None):
+    """`count` z drawn from the prior: N(0, I), or through `prior`, a function that takes
+    noise from N(0, I) to z from a learned prior (vae.prior_transform)."""
+    noise = rng.standard_normal((count, decoder.inputs[0].shape[-1])).astype(np.float32)
+    return noise if prior is None else prior(noise)
+
+
+def prior_name(prior):
+    return "N(0, I)" if prior is None else "the learned prior"
+
+
+def prior_samples(decoder, count, seed=0, labels=None, draw=None, prior=None):
+    """Decodes of z drawn from the prior (`prior_draws`), with random labels if conditional."""
     rng = np.random.default_rng(seed)
-    z = rng.standard_normal((count, decoder.inputs[0].shape[-1])).astype(np.float32)
+    z = prior_draws(decoder, count, rng, prior)
     if labels is None and is_conditional(decoder):
         labels = rng.integers(0, decoder.inputs[1].shape[-1], count)
     return decode(decoder, z, labels, draw)
 
 
-def plot_samples(decoder, path, grid_size=10, seed=0, draw=None):
-    images = prior_samples(decoder, grid_size * grid_size, seed, draw=draw)
+def plot_samples(decoder, path, grid_size=10, seed=0, draw=None, prior=None):
+    images = prior_samples(decoder, grid_size * grid_size, seed, draw=draw, prior=prior)
     figure, axes = plt.subplots(figsize=(8, 8))
     show(axes, image_grid(images, grid_size))
     axes.axis("off")
-    title = "Samples: z drawn from N(0, I)"
+    title = f"Samples: z drawn from {prior_name(prior)}"
     title += (", random classes" if is_conditional(decoder) else "") + ", decoded"
     axes.set_title(title + (" and drawn pixel by pixel" if draw else ""))
     _save(figure, path)
@@ -240,10 +251,9 @@ def _save_grid_with_row_labels(images, rows, columns, row_labels, title, path):
     _save(figure, path)
 
 
-def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
+def plot_class_samples(decoder, class_names, path, per_class=10, seed=0, prior=None):
     """Conditional VAE: one row per class, the same `per_class` z values in every row."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((per_class, decoder.inputs[0].shape[-1])).astype(np.float32)
+    z = prior_draws(decoder, per_class, np.random.default_rng(seed), prior)
     classes = len(class_names)
     images = decode(decoder, np.tile(z, (classes, 1)), np.repeat(np.arange(classes), per_class))
     _save_grid_with_row_labels(
@@ -251,7 +261,7 @@ def plot_class_samples(decoder, class_names, path, per_class=10, seed=0):
         classes,
         per_class,
         [as_text(name) for name in class_names],
-        "Each row: one class; each column: one z from N(0, I)",
+        f"Each row: one class; each column: one z from {prior_name(prior)}",
         path,
     )
 
@@ -364,10 +374,11 @@ def plot_all(
     seed=0,
     plot_class=None,
     draw=None,
+    prior=None,
 ):
     """Write every plot of a trained model into `plots_dir`, each of the decoder's own
     images. `draw` (see `decode`), for a VAE with a pixel head: samples drawn pixel by pixel
-    as well, in pixel_head_samples.png."""
+    as well, in pixel_head_samples.png. `prior`: see `prior_draws`."""
     os.makedirs(plots_dir, exist_ok=True)
     z_mean, z_log_var = posterior(
         encoder, test_images, test_labels
@@ -382,10 +393,10 @@ def plot_all(
     plot_reconstructions(
         test_images[shown], reconstructions, os.path.join(plots_dir, "reconstructions.png")
     )
-    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed)
+    plot_samples(decoder, os.path.join(plots_dir, "samples.png"), seed=seed, prior=prior)
     if draw:
         path = os.path.join(plots_dir, "pixel_head_samples.png")
-        plot_samples(decoder, path, seed=seed, draw=draw)
+        plot_samples(decoder, path, seed=seed, draw=draw, prior=prior)
     drawn = plot_interpolation(
         decoder,
         z_mean,
@@ -404,7 +415,7 @@ def plot_all(
         plot_manifold(decoder, os.path.join(plots_dir, "manifold.png"))
         return
     plot_class_samples(
-        decoder, class_names, os.path.join(plots_dir, "class_samples.png"), seed=seed
+        decoder, class_names, os.path.join(plots_dir, "class_samples.png"), seed=seed, prior=prior
     )
     if decoder.inputs[0].shape[-1] == 2:  # one manifold per class shows how style varies
         for label in range(len(class_names)) if plot_class is None else [plot_class]:

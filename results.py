@@ -28,7 +28,7 @@ from run_folder import (
     write_atomically,
 )
 from settings import EVALUATION_SETTINGS, check_labels
-from vae import draw_images
+from vae import draw_images, prior_transform
 
 
 def finish(vae, config, images, run_name, training, trained=None):
@@ -210,6 +210,7 @@ def draw_plots(vae, config, images):
         draw=None
         if vae.pixel_head is None
         else functools.partial(draw_images, vae, seed=config.seed),
+        prior=prior_transform(vae),
     )
     explorer.write_explorer(
         vae.encoder,

@@ -339,11 +339,23 @@ def save_model(model, path):
 
 
 def save_models(vae, models_dir):
+    """The VAE, its encoder and decoder and, for a learned prior, a model that draws z from
+    it (prior.keras: noise from N(0, I) -> z); an older run's prior.keras is removed."""
+    import vae as vae_module  # Keras, imported where a model is saved (as in load_model_file)
+
     os.makedirs(models_dir, exist_ok=True)
-    save_model(vae, os.path.join(models_dir, "vae.keras"))
-    save_model(vae.encoder, os.path.join(models_dir, "encoder.keras"))
-    save_model(vae.decoder, os.path.join(models_dir, "decoder.keras"))
-    print(f"Saved vae.keras, encoder.keras and decoder.keras in {models_dir}")
+    parts = {"vae": vae, "encoder": vae.encoder, "decoder": vae.decoder}
+    sampler = vae_module.prior_sampler(vae)
+    prior_path = os.path.join(models_dir, "prior.keras")
+    if sampler is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(prior_path)
+    else:
+        parts["prior"] = sampler
+    for name, model in parts.items():
+        save_model(model, os.path.join(models_dir, f"{name}.keras"))
+    names = [f"{name}.keras" for name in parts]
+    print(f"Saved {', '.join(names[:-1])} and {names[-1]} in {models_dir}")
 
 
 def load_model_file(path):

@@ -34,6 +34,7 @@ COLOUR_DEFAULTS = {
     "grey": {
         "latent_dim": 2,
         "spatial_latent": False,
+        "prior": "standard",
         "likelihood": "bernoulli",
         "batch_size": 256,
         "learning_rate": 4e-3,
@@ -43,6 +44,7 @@ COLOUR_DEFAULTS = {
     "rgb": {
         "latent_dim": 128,  # as a vector (--no-spatial-latent)
         "spatial_latent": True,
+        "prior": "gaussian",
         "likelihood": "autoregressive",
         "batch_size": 64,
         "learning_rate": 2e-3,
@@ -185,6 +187,16 @@ SETTINGS = (
         f"costs little to carry; default: off for grey images, on for colour ones whose "
         f"--latent-dim is left unset, which then gets {LATENT_MAP_CHANNELS} channels per position",
         bool,
+        resume=True,
+    ),
+    Setting(
+        "prior",
+        "auto",
+        "p(z): standard, N(0, I); or gaussian, a Gaussian over all of z's dimensions together, "
+        "learned with the model, so that the positions of a map go together as in a picture: z "
+        f"drawn from it decodes to a whole picture, and costs fewer bits; auto: {GREY['prior']} "
+        f"for grey images, {RGB['prior']} for colour ones",
+        choices=("auto", "standard", "gaussian"),
         resume=True,
     ),
     Setting(
@@ -470,6 +482,7 @@ def settled(config, colour=None, train_count=None):
         latent_dim=latent_dim,
         spatial_latent=spatial,
         likelihood=defaults["likelihood"] if config.likelihood == "auto" else config.likelihood,
+        prior=defaults["prior"] if config.prior == "auto" else config.prior,
         learning_rate=config.learning_rate or defaults["learning_rate"],
         batch_size=batch_size,
     )

@@ -44,7 +44,7 @@ PIXEL_HEAD = {"width": 32, "depth": 2, "components": 5}
 # more z carries (and costs in the code length); towards 0 it carries nothing (posterior
 # collapse). docs/colour.md gives what each weight reached.
 DECODER_IMAGE_WEIGHT = 2.0
-PARTS = ("encoder", "decoder", "pixel_head")  # the VAE's models, saved in its config
+PARTS = ("encoder", "decoder", "pixel_head", "prior")  # the VAE's parts, saved in its config
 
 
 def layer_options(config):
@@ -214,6 +214,45 @@ def kl_divergence(z_mean, z_log_var):
     return -0.5 * ops.sum(1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GaussianPrior(layers.Layer):
+    """A learned prior over all of z's dimensions together: p(z) = N(mean, (W^T W)^-1), W
+    lower triangular with a positive diagonal, so that u = W (z - mean) is N(0, I) under it.
+    N(0, I) draws each dimension (each position of a spatial map) on its own, where pictures'
+    patches agree with one another: this prior learns how they go together, so that z drawn
+    from it decodes to a whole picture, and what z carries costs fewer bits. It starts as
+    N(0, I). Called on [z_mean, z_log_var], it gives KL(q(z|x) || p(z)) per image."""
+
+    def build(self, input_shape):
+        size = input_shape[0][-1]
+        self.mean = self.add_weight(shape=(size,), initializer="zeros", name="mean")
+        # W's entries below the diagonal (those above are not used) and its diagonal's logs.
+        self.lower = self.add_weight(shape=(size, size), initializer="zeros", name="lower")
+        self.log_diagonal = self.add_weight(shape=(size,), initializer="zeros", name="log_diagonal")
+
+    def whitening(self):
+        """W: z - mean -> u, N(0, I) under the prior."""
+        return ops.tril(self.lower, -1) + ops.diag(ops.exp(self.log_diagonal))
+
+    def call(self, inputs):
+        z_mean, z_log_var = (ops.cast(tensor, "float32") for tensor in inputs)
+        whitening = self.whitening()
+        whitened_mean = ops.matmul(z_mean - self.mean, ops.transpose(whitening))
+        # E_q ||W (z - mean)||^2 = ||W (z_mean - mean)||^2 + sum_ij W_ij^2 var_j, q diagonal.
+        spread = ops.sum(ops.exp(z_log_var) * ops.sum(ops.square(whitening), axis=0), axis=-1)
+        size = ops.shape(z_mean)[-1]
+        expected_energy = ops.sum(ops.square(whitened_mean), axis=-1) + spread
+        entropy_terms = ops.cast(size, "float32") + ops.sum(z_log_var, axis=-1)
+        return 0.5 * (expected_energy - entropy_terms) - ops.sum(self.log_diagonal)
+
+
+def latent_kl(vae, z_mean, z_log_var):
+    """KL(q(z|x) || p(z)) per image: against N(0, I), or the VAE's learned prior."""
+    if vae.prior is None:
+        return kl_divergence(z_mean, z_log_var)
+    return vae.prior([z_mean, z_log_var])
+
+
 def reconstruction_nats(images, logits, likelihood="bernoulli"):
     """-log p(x|z) per image in nats, summed over pixels and channels, from the decoder's
     logits: Bernoulli cross-entropy, or the discretized logistic's -log P of the 8-bit values
@@ -242,10 +281,16 @@ class VAE(keras.Model):
     `compute_loss`, which Keras' own `train_step` and `test_step` call on every backend. A
     conditional VAE (its decoder reads `[z, label]`) is called on `(images, one_hot_labels)`."""
 
-    def __init__(self, encoder, decoder, pixel_head, likelihood, beta=1.0, seed=None, **kwargs):
+    def __init__(
+        self, encoder, decoder, pixel_head, likelihood, beta=1.0, seed=None, prior=None, **kwargs
+    ):
         super().__init__(**kwargs)
         check_parts(encoder, decoder, likelihood, pixel_head)
         self.encoder, self.decoder, self.pixel_head = encoder, decoder, pixel_head
+        self.prior = prior  # None: N(0, I)
+        if prior is not None and not prior.built:  # its weights exist before any are loaded
+            latent_dim = encoder.outputs[0].shape[-1]
+            prior.build([(None, latent_dim), (None, latent_dim)])
         self.beta, self.seed, self.likelihood = beta, seed, likelihood
         self.sampling = Sampling(seed=seed, name="sampling")
         self.conditional = len(decoder.inputs) == 2  # the decoder reads [z, label]
@@ -274,7 +319,7 @@ class VAE(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images = ops.cast(x[0] if self.conditional else x, "float32")
         reconstruction_loss = ops.mean(image_nats(self, images, y_pred))
-        kl_loss = ops.mean(kl_divergence(y_pred["z_mean"], y_pred["z_log_var"]))
+        kl_loss = ops.mean(latent_kl(self, y_pred["z_mean"], y_pred["z_log_var"]))
         # Weighted by batch size so each epoch's figure is the exact mean per image.
         batch_size = ops.shape(images)[0]
         self.reconstruction_loss_tracker.update_state(reconstruction_loss, sample_weight=batch_size)
@@ -312,6 +357,51 @@ def raise_kl_weight(vae):
     if vae.kl_warmup_steps:
         raised = vae.kl_weight + vae.beta / vae.kl_warmup_steps
         vae.kl_weight.assign(ops.minimum(vae.beta, raised))
+
+
+def prior_parameters(vae):
+    """The learned prior's mean and W (GaussianPrior) as float64 numpy arrays; None for
+    N(0, I)."""
+    if vae.prior is None:
+        return None
+    mean = ops.convert_to_numpy(vae.prior.mean)
+    return np.asarray(mean, np.float64), np.asarray(
+        ops.convert_to_numpy(vae.prior.whitening()), np.float64
+    )
+
+
+def prior_colouring(vae):
+    """The learned prior as z = mean + C noise, noise from N(0, I) (C = W^-1): (mean, C) in
+    float64; None for N(0, I)."""
+    parameters = prior_parameters(vae)
+    if parameters is None:
+        return None
+    mean, whitening = parameters
+    return mean, np.linalg.inv(whitening)
+
+
+def prior_transform(vae):
+    """A function taking noise from N(0, I) (numpy, images x latent) to z from the VAE's
+    learned prior; None for N(0, I)."""
+    colouring = prior_colouring(vae)
+    if colouring is None:
+        return None
+    mean, matrix = colouring
+    return lambda noise: (mean + np.asarray(noise, np.float64) @ matrix.T).astype(np.float32)
+
+
+def prior_sampler(vae):
+    """`prior_transform` as a model of one Dense layer, which loads with plain `import
+    keras` (models/prior.keras): noise from N(0, I) -> z. None for N(0, I)."""
+    colouring = prior_colouring(vae)
+    if colouring is None:
+        return None
+    mean, matrix = colouring
+    noise = keras.Input(shape=mean.shape, name="noise")
+    dense = layers.Dense(len(mean), dtype="float32", name="noise_to_z")
+    sampler = keras.Model(noise, dense(noise), name="prior")
+    dense.set_weights([matrix.T.astype("float32"), mean.astype("float32")])
+    return sampler
 
 
 def logits_model(decoder, head):
@@ -415,9 +505,13 @@ def build_vae(config, num_classes=0):
             dtype_policy=config.dtype_policy,
             **PIXEL_HEAD,
         )
+    prior = None
+    if config.prior == "gaussian":  # float32: its KL sums hundreds of squares
+        prior = GaussianPrior(dtype="float32", name="prior")
     vae = VAE(
         encoder,
         decoder,
+        prior=prior,
         beta=config.beta,
         seed=config.seed,
         likelihood=config.likelihood,
