@@ -193,9 +193,9 @@ SETTINGS = (
         "prior",
         "auto",
         "p(z): standard, N(0, I); or gaussian, a Gaussian over all of z's dimensions together, "
-        "learned with the model, so that the positions of a map go together as in a picture: z "
-        f"drawn from it decodes to a whole picture, and costs fewer bits; auto: {GREY['prior']} "
-        f"for grey images, {RGB['prior']} for colour ones",
+        "learned with the model: a map's positions then go together as a picture's patches do, "
+        "in z drawn from it and in what z costs to code; auto: "
+        f"{GREY['prior']} for grey images, {RGB['prior']} for colour ones",
         choices=("auto", "standard", "gaussian"),
         resume=True,
     ),

@@ -219,8 +219,8 @@ class GaussianPrior(layers.Layer):
     """A learned prior over all of z's dimensions together: p(z) = N(mean, (W^T W)^-1), W
     lower triangular with a positive diagonal, so that u = W (z - mean) is N(0, I) under it.
     N(0, I) draws each dimension (each position of a spatial map) on its own, where pictures'
-    patches agree with one another: this prior learns how they go together, so that z drawn
-    from it decodes to a whole picture, and what z carries costs fewer bits. It starts as
+    patches agree with one another: this prior learns how they go together, so that the
+    patches of z drawn from it agree too, and what z carries costs fewer bits. It starts as
     N(0, I). Called on [z_mean, z_log_var], it gives KL(q(z|x) || p(z)) per image."""
 
     def build(self, input_shape):

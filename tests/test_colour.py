@@ -98,3 +98,22 @@ def test_the_explorer_of_a_default_colour_run_changes_across_z(colour_run):
     first, second = explorer.decode_plane(decoder, page["origin"], page["axes"], corners, None)
     assert np.abs(first - second).max() > page["error"]["max"]
     assert np.abs(first - second).mean() > 0.02
+
+
+@pytest.mark.slow
+def test_a_default_colour_run_learns_a_prior_that_codes_its_latent_for_less(colour_run):
+    """The run saves prior.keras, which loads with plain Keras; the KL it reports (from the
+    learned prior) is below what N(0, I) would charge for the same codes, worked out here."""
+    import data
+    import settings
+
+    output_dir, _ = colour_run
+    record = json.loads((output_dir / "models" / "metrics.json").read_text())
+    config = settings.Config(**{**record["config"], "output_dir": str(output_dir)})
+    images = data.load_for(config, test_only=True).test_images
+    encoder = keras.saving.load_model(output_dir / "models" / "encoder.keras")
+    z_mean, z_log_var = (np.asarray(t, np.float64) for t in encoder.predict(images, verbose=0))
+    standard_kl = np.mean(np.sum(0.5 * (z_mean**2 + np.exp(z_log_var) - 1 - z_log_var), axis=1))
+    assert record["test"]["kl_loss"] < standard_kl
+    prior = keras.saving.load_model(output_dir / "models" / "prior.keras")
+    assert prior.input.shape == prior.output.shape == (None, z_mean.shape[1])
