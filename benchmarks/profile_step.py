@@ -157,13 +157,26 @@ def op_table(title, step_seconds, seconds, top):
     return "\n".join(lines)
 
 
+def by_kind(seconds):
+    """{operation kind: seconds}: the program's operations of one kind added up over the
+    layers ("MatMul (dense grad)" and "MatMul (z_mean grad)" are both "MatMul")."""
+    kinds = collections.Counter()
+    for name, value in seconds.items():
+        kinds[name.split(" (")[0]] += value
+    return kinds
+
+
 def main(argv=None):
     args = make_parser().parse_args(argv)
     profilers = {"program": profile_program, "peer": profile_peer}
     titles = {"program": "The program (TensorFlow)", "peer": "The peer (PyTorch, eager)"}
     for name in [args.only] if args.only else profilers:
         step_seconds, seconds = profilers[name](args.steps, args.warmup, args.dtype)
-        print(f"\n{op_table(f'{titles[name]}, {args.dtype}', step_seconds, seconds, args.top)}")
+        title = f"{titles[name]}, {args.dtype}"
+        print(f"\n{op_table(title, step_seconds, seconds, args.top)}")
+        if name == "program":
+            kinds = by_kind(seconds)
+            print(f"\n{op_table(title + ', by kind', step_seconds, kinds, args.top)}")
 
 
 if __name__ == "__main__":

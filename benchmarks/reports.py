@@ -412,19 +412,20 @@ def peer_table(peer, matmul):
     program's images/s over the peer's best."""
     rows = [
         "| model | dtype | mode | train images/s (last epoch) | GFLOP/s | "
-        "% of the matmul peak (its dtype) |",
-        "|" + " --- |" * 6,
+        "% of the matmul peak (its dtype) | images per CPU second |",
+        "|" + " --- |" * 7,
     ]
     for model, dtype, mode, result in peer_rows(peer):
         if "error" in result:
-            rows.append(f"| {model} | {dtype} | {mode} | failed: {result['error']} | - | - |")
+            rows.append(f"| {model} | {dtype} | {mode} | failed: {result['error']} | - | - | - |")
             continue
         speed = result["train_images_per_second"]
         achieved = result["train_flops_per_image"] * speed / 1e9
         share = 100 * achieved / matmul[dtype]["gflops"]
+        per_cpu_second = number(result.get("train_images_per_cpu_second"), 0)
         rows.append(
             f"| {model} | {dtype} | {mode} | {number(speed, 0)} | {number(achieved, 1)} | "
-            f"{number(share, 1)} |"
+            f"{number(share, 1)} | {per_cpu_second} |"
         )
     rows += ["", "| dtype | program images/s | peer's best images/s | program / peer |"]
     rows.append("|" + " --- |" * 4)
@@ -451,7 +452,8 @@ def peer_section(report):
         f"- The default model on the first {peer['peer']['train_images']:,} training images "
         f"({peer['peer'].get('test_images', 0):,} test images validate each epoch), batch "
         f"{peer['peer']['batch_size']}, {settings['backend_epochs']} epochs; a row's speed is "
-        "its last epoch's, validation excluded, so tracing and compilation are left out. The "
+        "its last epoch's, validation excluded, so tracing and compilation are left out; on a "
+        "shared machine compare images per CPU second (all the process's threads). The "
         "program trains with Keras' fit in each dtype policy (bfloat16: mixed_bfloat16); its "
         "peer (benchmarks/torch_peer.py) is the same model in plain PyTorch "
         f"{peer['peer']['torch']} on {peer['peer']['threads']} threads, channels-last, with "

@@ -418,7 +418,10 @@ def run_program_worker(args):
     """The program's row beside its peer: the default model on the peer's images for as
     many epochs, in the dtype policy `args.dtype_policy`, timed as a backend row."""
     settings = argparse.Namespace(**{**vars(args), "backend_images": args.peer_images})
-    return run_backend_worker(settings)
+    result = run_backend_worker(settings)
+    cpu = [epoch["cpu_seconds"] for epoch in result["epochs"]]
+    last_cpu = cpu[-1] - (cpu[-2] if len(cpu) > 1 else 0.0)
+    return {**result, "train_images_per_cpu_second": result["train_images"] / last_cpu}
 
 
 def run_peer_worker(args):

@@ -52,19 +52,20 @@ def test_the_default_peer_is_the_programs_default_model():
     assert torch_peer.peer_flops(peer, shape) == flops.vae_flops(keras_model)[:2]
 
 
-def test_two_epochs_of_training_give_finite_losses_and_a_speed():
+def test_two_epochs_of_training_give_finite_losses_and_a_speed_in_each_dtype():
     random = np.random.default_rng(0)
     train = (random.random((40, 8, 8, 1)) > 0.7).astype("float32")
-    result = torch_peer.run_peer(
-        TINY, train, train[:8], batch_size=16, epochs=2, variants=[("float32", "eager")]
-    )
+    variants = [("float32", "eager"), ("bfloat16", "eager")]
+    result = torch_peer.run_peer(TINY, train, train[:8], 16, epochs=2, variants=variants)
     assert (result["train_images"], result["parameters"]) == (40, 505)
-    (variant,) = result["variants"]
-    assert [record["epoch"] for record in variant["epochs"]] == [1, 2]
-    assert all(math.isfinite(record["loss"]) for record in variant["epochs"])
-    assert math.isclose(variant["train_images_per_second"], 40 / variant["seconds_per_epoch"])
-    # The cross-entropy of 64 pixels starts near 64 log 2 (44 nats); twice that: diverging.
-    assert variant["final_val_loss"] < 2 * 64 * math.log(2)
+    for variant in result["variants"]:
+        assert [record["epoch"] for record in variant["epochs"]] == [1, 2]
+        assert all(math.isfinite(record["loss"]) for record in variant["epochs"])
+        speed = 40 / variant["seconds_per_epoch"]
+        assert math.isclose(variant["train_images_per_second"], speed)
+        assert variant["train_images_per_cpu_second"] > 0
+        # The cross-entropy of 64 pixels starts near 64 log 2 (44 nats); twice that: diverging.
+        assert variant["final_val_loss"] < 2 * 64 * math.log(2)
 
 
 def test_a_compilation_that_fails_is_one_line_in_its_row(monkeypatch):
@@ -84,7 +85,11 @@ def test_a_compilation_that_fails_is_one_line_in_its_row(monkeypatch):
 
 def _made_up_comparison():
     flops = 40e6  # training FLOPs per image
-    program = {"train_images_per_second": 1000.0, "train_flops_per_image": flops}
+    program = {
+        "train_images_per_second": 1000.0,
+        "train_images_per_cpu_second": 250.0,
+        "train_flops_per_image": flops,
+    }
     variants = [
         {"dtype": "float32", "mode": "eager", "train_images_per_second": 800.0},
         {"dtype": "float32", "mode": "compiled", "train_images_per_second": 1250.0},
@@ -113,10 +118,11 @@ def test_the_peer_table_gives_each_rows_share_of_its_dtypes_peak():
     matmul = {"float32": {"gflops": 200.0}, "bfloat16": {"gflops": 800.0}}
     lines = reports.peer_table(_made_up_comparison(), matmul).splitlines()
     # 1,000 images/s x 40 MFLOP = 40 GFLOP/s: 20 % of float32's 200.
-    assert lines[2] == "| program | float32 | Keras fit | 1,000 | 40.0 | 20.0 |"
+    assert lines[2] == "| program | float32 | Keras fit | 1,000 | 40.0 | 20.0 | 250 |"
     # 500 images/s x 40 MFLOP = 20 GFLOP/s: 2.5 % of bfloat16's 800.
-    assert "| peer | bfloat16 | eager | 500 | 20.0 | 2.5 |" in lines
-    assert "| peer | bfloat16 | compiled | failed: RuntimeError: no C++ compiler | - | - |" in lines
+    assert "| peer | bfloat16 | eager | 500 | 20.0 | 2.5 | - |" in lines
+    failed = "| peer | bfloat16 | compiled | failed: RuntimeError: no C++ compiler | - | - | - |"
+    assert failed in lines
     assert "| float32 | 1,000 | 1,250 (compiled) | 0.80 |" in lines
     assert "| bfloat16 | 600 | 500 (eager) | 1.20 |" in lines
 
