@@ -461,7 +461,8 @@ def peer_section(report):
         f"- The same arithmetic: {peer['peer']['train_flops_per_image'] / 1e6:,.2f} training "
         f"MFLOP per image counted from the peer's layers, "
         f"{first['train_flops_per_image'] / 1e6:,.2f} from the program's; "
-        f"{peer['peer']['parameters']:,} and {first['parameters']:,} weights.",
+        f"{peer['peer']['parameters']:,} weights in the peer; the program's model counts "
+        f"{first['parameters']:,}, its KL weight (not trained) among them.",
         f"- Matrix-multiply peak in the same run: float32 "
         f"{peer['matmul']['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
         f"{peer['matmul']['bfloat16']['gflops']:,.1f} GFLOP/s.",

@@ -153,3 +153,25 @@ def test_peer_flags_and_what_the_workers_are_told():
     parsed = benchmark.parse_args([*benchmark._worker_argv(args, "program"), "out.json"][2:])
     assert (parsed.worker, parsed.dtype_policy, parsed.peer_images) == ("program", "float32", 5000)
     assert parsed.peer_dtypes == ["float32"]
+
+
+def test_the_peer_section_says_what_was_compared():
+    comparison = _made_up_comparison()
+    comparison["peer"].update(
+        train_images=4096, test_images=682, batch_size=256, torch="2.13.0", threads=2
+    )
+    comparison["peer"]["parameters"] = 1_883_061
+    comparison["program"]["float32"]["parameters"] = 1_883_062
+    comparison["matmul"] = {"float32": {"gflops": 200.0}, "bfloat16": {"gflops": 800.0}}
+    report = {
+        "peer": comparison,
+        "settings": {"backend_epochs": 2},
+        "machine": {"cpu": "AMD EPYC", "usable_cores": 2},
+        "command": "python benchmarks/benchmark.py --only-peer",
+    }
+    text = "\n".join(reports.peer_section(report))
+    assert text.startswith("## The program against its PyTorch peer\n\n| model | dtype |")
+    assert "first 4,096 training images (682 test images validate each epoch)" in text
+    assert "40.00 training MFLOP per image counted from the peer's layers, 40.00" in text
+    assert "1,883,061 weights in the peer; the program's model counts 1,883,062" in text
+    assert "float32 200.0 GFLOP/s, bfloat16 800.0 GFLOP/s" in text
