@@ -3,6 +3,7 @@
     python benchmarks/benchmark.py                   # the full comparison
     python benchmarks/benchmark.py --quick           # a few minutes: 6,000 / 1,000 images
     python benchmarks/benchmark.py --only-backends   # only the per-backend rows
+    python benchmarks/benchmark.py --only-peer       # only the program against its PyTorch peer
 
 In one run on this machine it trains, one after the other and each in its own subprocess:
 
@@ -32,6 +33,13 @@ trains for --backend-epochs epochs on the first --backend-images images, once pe
 seconds per epoch (the last, so tracing and compilation are left out), training images/s
 and the test -ELBO's mean and standard deviation over the seeds.
 
+Then the program against its peer, the same model written in plain PyTorch (torch_peer.py):
+the default model on the first --peer-images images for --backend-epochs epochs in each
+of --peer-dtypes, and the peer on the same images eager and with torch.compile in each,
+every one timed over its last epoch as the backend rows are; the program's images/s over
+the peer's best in each dtype, and each one's share of the matmul peak of that dtype.
+Without torch installed the benchmark says so and leaves the peer out.
+
 The full run trains about six default runs' worth (1/4 + 1/2 + 1 for each model, and two
 more seeds), plus the backend rows: `python main.py`'s own time estimate times six is a
 fair guess of its length on your machine.
@@ -41,9 +49,10 @@ tables and the machine), benchmark.json (everything, per-epoch curves included) 
 elbo_vs_flops.png. The tables are also printed at the end.
 
 The pieces, beside this file: workers.py (what runs in each worker process: the training,
-the baseline model, the matmul peak), peak.py (the matmul peak) and reports.py (the figures
-read off the curves, the tables, benchmark.md and the plot); the FLOP count is the
-program's own flops.py. This file is the command line and the order of the run.
+the baseline model, the matmul peak, the peer), torch_peer.py (the peer), peak.py (the
+matmul peak) and reports.py (the figures read off the curves, the tables, benchmark.md and
+the plot); the FLOP count is the program's own flops.py. This file is the command line and
+the order of the run.
 """
 
 import argparse
@@ -65,6 +74,8 @@ from benchmarks.reports import (  # noqa: E402  (after the path above)
     coders_line,
     machine_description,
     markdown_table,
+    peer_section,
+    peer_table,
     plot_quality,
     schedules_table,
     seeds_summary,
@@ -75,9 +86,12 @@ from benchmarks.reports import (  # noqa: E402  (after the path above)
 from benchmarks.workers import (  # noqa: E402
     MODELS,
     installed_backends,
+    peer_missing,
     run_backend_worker,
     run_in_subprocess,
     run_matmul_worker,
+    run_peer_worker,
+    run_program_worker,
     run_training_worker,
 )
 from data import DATASETS  # noqa: E402
@@ -96,6 +110,11 @@ QUICK_EPOCHS = 3
 QUICK_BUDGETS = (0.5, 1.0)
 QUICK_SEEDS = (1,)
 QUICK_BACKEND_SEEDS = (1, 2)
+# The peer and the program beside it: as many images as a backend row; --quick, the fewest
+# that keep the default batch of 256 (settings.MIN_EPOCH_STEPS steps an epoch).
+PEER_IMAGES = BACKEND_IMAGES
+QUICK_PEER_IMAGES = 4096
+PEER_DTYPES = ("float32", "bfloat16")
 
 
 """
@@ -200,22 +219,54 @@ FLAGS = (
         dict(
             type=int,
             default=BACKEND_EPOCHS,
-            help="epochs per backend row; the last one is timed (default: %(default)s)",
+            help="epochs per backend row and per row of the peer's comparison; the last one is "
+            "timed (default: %(default)s)",
         ),
     ),
+    (
+        "--peer-images",
+        dict(
+            type=int,
+            help="training images for the program and its PyTorch peer side by side (default: "
+            f"{PEER_IMAGES}; --quick: {QUICK_PEER_IMAGES})",
+        ),
+    ),
+    (
+        "--peer-dtypes",
+        dict(
+            nargs="+",
+            choices=PEER_DTYPES,
+            help="the dtypes the program and its peer are compared in (default: "
+            f"{joined(PEER_DTYPES)})",
+        ),
+    ),
+    ("--no-peer", dict(action="store_true", help="leave out the program against its peer")),
 )
 # Which rows run: at most one of these.
 ROW_FLAGS = (
     ("--no-backends", dict(action="store_true", help="skip the per-backend rows")),
     ("--only-backends", dict(action="store_true", help="only the per-backend rows: no baseline")),
+    (
+        "--only-peer",
+        dict(action="store_true", help="only the program against its PyTorch peer: no baseline"),
+    ),
 )
 # What benchmark.py tells each worker process it starts; not for people.
 WORKER_FLAGS = (
-    ("--worker", dict(choices=(*MODELS, "matmul", "backend"))),
+    ("--worker", dict(choices=(*MODELS, "matmul", "backend", "program", "peer"))),
     ("--budget", dict(type=float, default=1.0)),
+    ("--dtype-policy", dict(choices=("float32", "mixed_bfloat16"))),
     ("--worker-output", dict()),
 )
-POSITIVE_INTEGER_FLAGS = ("limit", "epochs_default", "backend_images", "backend_epochs")
+POSITIVE_INTEGER_FLAGS = (
+    "limit",
+    "epochs_default",
+    "backend_images",
+    "backend_epochs",
+    "peer_images",
+)
+# The program's dtype policy for each dtype its peer computes in.
+PROGRAM_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def make_parser():
@@ -241,6 +292,8 @@ def check_args(parser, args):
         parser.error(f"--data-dir {args.data_dir} does not exist")
     if any(budget <= 0 for budget in args.budgets or ()):
         parser.error(f"--budgets must be positive shares, got {args.budgets}")
+    if args.no_peer and args.only_peer:
+        parser.error("--no-peer and --only-peer leave nothing to run: give one of them")
 
 
 def fill_defaults(args):
@@ -253,6 +306,8 @@ def fill_defaults(args):
         args.epochs_default = args.epochs_default or QUICK_EPOCHS
     args.budgets = sorted(args.budgets or (QUICK_BUDGETS if args.quick else BUDGETS))
     args.backend_images = args.backend_images or (QUICK_LIMIT if args.quick else BACKEND_IMAGES)
+    args.peer_images = args.peer_images or (QUICK_PEER_IMAGES if args.quick else PEER_IMAGES)
+    args.peer_dtypes = list(args.peer_dtypes or PEER_DTYPES)
     args.seeds = args.seeds or list(QUICK_SEEDS if args.quick else SEEDS)
     args.backend_seeds = args.backend_seeds or list(
         QUICK_BACKEND_SEEDS if args.quick else BACKEND_SEEDS
@@ -282,26 +337,29 @@ def _worker_argv(args, name):
         "backend_images",
         "backend_epochs",
         "budget",
+        "peer_images",
+        "dtype_policy",
     ):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
+    argv += ["--peer-dtypes", *args.peer_dtypes]
     argv += ["--seeds", str(args.seed)]
     if args.quick:
         argv.append("--quick")
     return [*argv, "--worker-output"]
 
 
-def run_worker(args, name, backend=None, seed=None, budget=None):
-    """One worker in a fresh Python process (on `backend`, with `seed` and `budget`, if
-    given): its JSON result."""
-    changes = {
-        key: value for key, value in (("seed", seed), ("budget", budget)) if value is not None
-    }
+def run_worker(args, name, backend=None, seed=None, budget=None, dtype_policy=None):
+    """One worker in a fresh Python process (on `backend`, with `seed`, `budget` and
+    `dtype_policy`, if given): its JSON result."""
+    given = (("seed", seed), ("budget", budget), ("dtype_policy", dtype_policy))
+    changes = {key: value for key, value in given if value is not None}
     args = argparse.Namespace(**{**vars(args), **changes})
     label = name + (f" on {backend}" if backend else "")
     label += f", seed {seed}" if seed is not None else ""
     label += f", budget {budget:g}" if budget is not None else ""
+    label += f", {dtype_policy}" if dtype_policy is not None else ""
     environment = {"KERAS_BACKEND": backend} if backend else None
     return run_in_subprocess(_worker_argv(args, name), label, environment, cwd=REPO)
 
@@ -311,6 +369,10 @@ def worker_main(args):
         result = run_matmul_worker(args)
     elif args.worker == "backend":
         result = run_backend_worker(args)
+    elif args.worker == "program":
+        result = run_program_worker(args)
+    elif args.worker == "peer":
+        result = run_peer_worker(args)
     else:
         import data
 
@@ -336,6 +398,8 @@ def main(argv=None):
     started = time.time()
     if args.only_backends:
         return report_backends(args, command, started)
+    if args.only_peer:
+        return report_peer(args, command, started)
     matmul = run_worker(args, "matmul")
     schedules = {
         name: {budget: run_worker(args, name, budget=budget) for budget in args.budgets}
@@ -348,6 +412,7 @@ def main(argv=None):
         run_worker(args, "default", seed=seed, budget=full) for seed in args.seeds[1:]
     ]
     backends = {} if args.no_backends else run_backends(args)
+    peer = None if args.no_peer else run_peer(args, matmul)
     summary = summarize(results, matmul)
     report = {
         **run_record(args, command, started),
@@ -358,6 +423,7 @@ def main(argv=None):
         "results": results,
         "default_seed_runs": seed_runs[1:],
         "backends": backends,
+        "peer": peer,
     }
     output_dir = Path(args.output_dir)
     (output_dir / "benchmark.json").write_text(json.dumps(report, indent=2))
@@ -368,6 +434,7 @@ def main(argv=None):
         markdown_table(results, summary),
         seeds_table(report["seeds"]),
         backends_table(backends) if backends else None,
+        peer_table(peer, matmul) if peer else None,
     ):
         if table:
             print(f"\n{table}")
@@ -417,6 +484,36 @@ def report_backends(args, command, started):
     print()
     print(backends_table(backends))
     print(f"\nReport: {output_dir / 'backends.md'}, {output_dir / 'backends.json'}")
+
+
+def run_peer(args, matmul=None):
+    """The program and its PyTorch peer in each of --peer-dtypes, and the matmul peak
+    (measured here unless given): {"program": {dtype: result}, "peer": result, "matmul":
+    peaks}; None, with one line saying why, where torch is not installed."""
+    missing = peer_missing()
+    if missing:
+        print(missing)
+        return None
+    program = {
+        dtype: run_worker(args, "program", dtype_policy=PROGRAM_POLICIES[dtype])
+        for dtype in args.peer_dtypes
+    }
+    peer = run_worker(args, "peer")
+    return {"program": program, "peer": peer, "matmul": matmul or run_worker(args, "matmul")}
+
+
+def report_peer(args, command, started):
+    """--only-peer: the program against its peer alone, in peer.md and peer.json."""
+    peer = run_peer(args)
+    if peer is None:
+        return
+    report = {**run_record(args, command, started), "peer": peer}
+    output_dir = Path(args.output_dir)
+    (output_dir / "peer.json").write_text(json.dumps(report, indent=2))
+    (output_dir / "peer.md").write_text("\n".join(peer_section(report)))
+    print()
+    print(peer_table(peer, peer["matmul"]))
+    print(f"\nReport: {output_dir / 'peer.md'}, {output_dir / 'peer.json'}")
 
 
 if __name__ == "__main__":

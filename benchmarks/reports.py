@@ -375,6 +375,103 @@ def backends_section(report):
     ]
 
 
+def peer_rows(peer):
+    """(model, dtype, mode, result) of each row of the program against its peer: the
+    program's in each dtype, then each of the peer's variants."""
+    rows = [("program", dtype, "Keras fit", run) for dtype, run in peer["program"].items()]
+    return rows + [
+        ("peer", variant["dtype"], variant["mode"], {**peer["peer"], **variant})
+        for variant in peer["peer"]["variants"]
+    ]
+
+
+def peer_ratios(peer):
+    """For each dtype: the program's images/s, the peer's best (and its mode) and their
+    ratio; the peer's best is None where every variant failed."""
+    ratios = {}
+    for dtype, run in peer["program"].items():
+        timed = [
+            variant
+            for variant in peer["peer"]["variants"]
+            if variant["dtype"] == dtype and "error" not in variant
+        ]
+        best = max(timed, key=lambda variant: variant["train_images_per_second"], default=None)
+        program = run["train_images_per_second"]
+        ratios[dtype] = {
+            "program": program,
+            "peer_best": best and best["train_images_per_second"],
+            "peer_mode": best and best["mode"],
+            "ratio": best and program / best["train_images_per_second"],
+        }
+    return ratios
+
+
+def peer_table(peer, matmul):
+    """The program and its PyTorch peer on the same images: images/s over the last epoch,
+    GFLOP/s and its share of the matmul peak of the row's dtype; then, per dtype, the
+    program's images/s over the peer's best."""
+    rows = [
+        "| model | dtype | mode | train images/s (last epoch) | GFLOP/s | "
+        "% of the matmul peak (its dtype) | images per CPU second |",
+        "|" + " --- |" * 7,
+    ]
+    for model, dtype, mode, result in peer_rows(peer):
+        if "error" in result:
+            rows.append(f"| {model} | {dtype} | {mode} | failed: {result['error']} | - | - | - |")
+            continue
+        speed = result["train_images_per_second"]
+        achieved = result["train_flops_per_image"] * speed / 1e9
+        share = 100 * achieved / matmul[dtype]["gflops"]
+        per_cpu_second = number(result.get("train_images_per_cpu_second"), 0)
+        rows.append(
+            f"| {model} | {dtype} | {mode} | {number(speed, 0)} | {number(achieved, 1)} | "
+            f"{number(share, 1)} | {per_cpu_second} |"
+        )
+    rows += ["", "| dtype | program images/s | peer's best images/s | program / peer |"]
+    rows.append("|" + " --- |" * 4)
+    for dtype, ratio in peer_ratios(peer).items():
+        best = ratio["peer_best"]
+        peer_text = (
+            "every variant failed" if best is None else f"{number(best, 0)} ({ratio['peer_mode']})"
+        )
+        rows.append(
+            f"| {dtype} | {number(ratio['program'], 0)} | {peer_text} | "
+            f"{number(ratio['ratio'], 2)} |"
+        )
+    return "\n".join(rows)
+
+
+def peer_section(report):
+    peer, settings = report["peer"], report["settings"]
+    first = next(iter(peer["program"].values()))
+    return [
+        "## The program against its PyTorch peer",
+        "",
+        peer_table(peer, peer["matmul"]),
+        "",
+        f"- The default model on the first {peer['peer']['train_images']:,} training images "
+        f"({peer['peer'].get('test_images', 0):,} test images validate each epoch), batch "
+        f"{peer['peer']['batch_size']}, {settings['backend_epochs']} epochs; a row's speed is "
+        "its last epoch's, validation excluded, so tracing and compilation are left out; on a "
+        "shared machine compare images per CPU second (all the process's threads). The "
+        "program trains with Keras' fit in each dtype policy (bfloat16: mixed_bfloat16); its "
+        "peer (benchmarks/torch_peer.py) is the same model in plain PyTorch "
+        f"{peer['peer']['torch']} on {peer['peer']['threads']} threads, channels-last, with "
+        "bfloat16 autocast, eager and with torch.compile.",
+        f"- The same arithmetic: {peer['peer']['train_flops_per_image'] / 1e6:,.2f} training "
+        f"MFLOP per image counted from the peer's layers, "
+        f"{first['train_flops_per_image'] / 1e6:,.2f} from the program's; "
+        f"{peer['peer']['parameters']:,} weights in the peer; the program's model counts "
+        f"{first['parameters']:,}, its KL weight (not trained) among them.",
+        f"- Matrix-multiply peak in the same run: float32 "
+        f"{peer['matmul']['float32']['gflops']:,.1f} GFLOP/s, bfloat16 "
+        f"{peer['matmul']['bfloat16']['gflops']:,.1f} GFLOP/s.",
+        f"- Machine: {report['machine']['cpu']}, {report['machine']['usable_cores']} usable "
+        f"cores. Command: `{report['command']}`",
+        "",
+    ]
+
+
 def write_markdown(path, report):
     """benchmark.md: the schedules, the two full runs, the default over seeds and, if they
     ran, the backends; each table with how its figures were measured."""
@@ -387,6 +484,8 @@ def write_markdown(path, report):
     ]
     if report.get("backends"):
         lines += backends_section(report)
+    if report.get("peer"):
+        lines += peer_section(report)
     Path(path).write_text("\n".join(lines))
 
 

@@ -138,6 +138,16 @@ def _versions():
     return versions
 
 
+def peer_missing():
+    """One line saying why the PyTorch peer cannot run here, or None where it can."""
+    if importlib.util.find_spec("torch") is None:
+        return (
+            "torch is not installed, so the benchmark leaves out the program's PyTorch peer "
+            "(pip install -r requirements-backends.txt adds it)."
+        )
+    return None
+
+
 def installed_backends():
     return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
 
@@ -225,6 +235,8 @@ def settled_config(name, args):
         "data_dir": args.data_dir,
         "limit": args.limit,
         "seed": args.seed,
+        # The peer's rows time the program in each dtype, rather than in the one auto takes.
+        "dtype_policy": getattr(args, "dtype_policy", None),
     }
     config = settings.Config(
         **{key: value for key, value in overrides.items() if value is not None}
@@ -400,6 +412,38 @@ def run_backend_worker(args):
         "train_images_per_second": result["train_images"] / last_epoch_seconds,
         "final_val_loss": epochs[-1]["val_loss"],
     }
+
+
+def run_program_worker(args):
+    """The program's row beside its peer: the default model on the peer's images for as
+    many epochs, in the dtype policy `args.dtype_policy`, timed as a backend row."""
+    settings = argparse.Namespace(**{**vars(args), "backend_images": args.peer_images})
+    result = run_backend_worker(settings)
+    cpu = [epoch["cpu_seconds"] for epoch in result["epochs"]]
+    last_cpu = cpu[-1] - (cpu[-2] if len(cpu) > 1 else 0.0)
+    return {**result, "train_images_per_cpu_second": result["train_images"] / last_cpu}
+
+
+def run_peer_worker(args):
+    """The default model in plain PyTorch (torch_peer.py) on the images and with the batch
+    size and step size that the program's row settles for them, in each of `args.peer_dtypes`,
+    eager and compiled."""
+    from benchmarks import torch_peer
+
+    settings = argparse.Namespace(**{**vars(args), "limit": args.peer_images})
+    config, images = settled_config("peer", settings)
+    variants = [(dtype, mode) for dtype in args.peer_dtypes for mode in torch_peer.MODES]
+    result = torch_peer.run_peer(
+        torch_peer.shape_of(config),
+        images.train_images,
+        images.test_images,
+        config.batch_size,
+        args.backend_epochs,
+        seed=config.seed,
+        learning_rate=config.learning_rate,
+        variants=variants,
+    )
+    return {**result, "test_images": len(images.test_images)}
 
 
 """

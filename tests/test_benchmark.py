@@ -301,3 +301,28 @@ def test_the_coders_line_puts_the_final_figure_in_bits_per_dimension():
         "Lossless coders on 1,000 of the test images: PNG 1.500 bits/dim, WebP 1.250; "
         "default's final test -ELBO 0.750 bits/dim (discretized_logistic)"
     )
+
+
+def test_profiled_operations_are_named_by_kind_of_layer_and_gradient():
+    from benchmarks import profile_step
+
+    names = {
+        "gradient_tape/vae_1/decoder_logits_1/dense_4_1/MatMul/MatMul": "dense",
+        "vae_1/encoder_1/conv2d_1_2/convolution": "conv2d",
+        "vae_1/decoder_logits_1/features_1/conv_transpose": "features",
+        "fused_adam/ResourceApplyAdam_6": "fused_adam",
+        "gradient_tape/logistic_loss/Select_3": "logistic_loss",
+    }
+    assert {name: profile_step.layer_of(name) for name in names} == names
+
+
+def test_the_profile_table_gives_each_operations_share():
+    from benchmarks import profile_step
+
+    seconds = {"MatMul (dense)": 0.006, "Conv2D (conv2d)": 0.003, "Relu (conv2d)": 0.001}
+    lines = profile_step.op_table("step", 0.008, seconds, top=2).splitlines()
+    assert lines[0] == "step: 8.0 ms per step (wall), its operations 10.0 ms"
+    assert lines[4:] == [
+        "| MatMul (dense) | 6.00 | 60.0 % |",
+        "| Conv2D (conv2d) | 3.00 | 30.0 % |",
+    ]
