@@ -380,9 +380,7 @@ def plot_all(
     images. `draw` (see `decode`), for a VAE with a pixel head: samples drawn pixel by pixel
     as well, in pixel_head_samples.png. `prior`: see `prior_draws`."""
     os.makedirs(plots_dir, exist_ok=True)
-    z_mean, z_log_var = posterior(
-        encoder, test_images, test_labels
-    )  # encoded once for every plot below
+    z_mean, z_log_var = posterior(encoder, test_images, test_labels)  # once for every plot
     suffix = ", conditional VAE" if is_conditional(decoder) else ""
     _save(
         latent_space_figure(z_mean, test_labels, class_names, suffix),

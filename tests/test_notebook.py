@@ -30,6 +30,7 @@ PICTURE_SECTIONS = [
     "grid",
     "reconstructions",
     "interpolation",
+    "prior-samples",
     "arithmetic",
     "dimensions",
 ]
@@ -112,6 +113,7 @@ def test_notebook_draws_every_section_of_a_plain_model(trained_run, mnist_dir, t
 
     assert "a VAE of mnist, latent size 2, 32x32 grey images" in printed(notebook)
     assert "2000 test images of shape (32, 32, 1), 10 classes" in printed(notebook)
+    assert "Samples draw z from N(0, I)" in printed(notebook)
     assert colour_spread(pictures_in(cell(notebook, "reconstructions"))[0]) == 0
     for section in PICTURE_SECTIONS:
         assert len(images_in(cell(notebook, section))) == 1, section
@@ -188,6 +190,7 @@ def test_notebook_draws_a_colour_model_in_colour(tmp_path):
 
     assert "a VAE of cifar10, latent size 4, 32x32 colour images" in printed(notebook)
     assert "60 test images of shape (32, 32, 3), 10 classes" in printed(notebook)
+    assert "Samples draw z from the learned prior, prior.keras" in printed(notebook)
     for section in PICTURE_SECTIONS:
         [picture] = pictures_in(cell(notebook, section))
         if section != "latent-space":
