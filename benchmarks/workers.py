@@ -264,11 +264,11 @@ def default_description(config):
         rows, columns, channels = latent_map_shape(config)
         next_to_z = f"a 3x3 convolution on each side of z, latent {config.latent_dim} "
         next_to_z += f"({rows}x{columns}x{channels} map), "
-    if config.prior == "gaussian":
-        next_to_z += "a learned Gaussian prior, "
     else:
         next_to_z = f"dense {config.hidden_layers} x {config.hidden_units} "
         next_to_z += f"({config.dense_activation}) on each side of z, latent {config.latent_dim}, "
+    if config.prior == "gaussian":
+        next_to_z += "a learned Gaussian prior, "
     return (
         f"`training.make_model(Config())`: filters {config.filters}/{2 * config.filters}, "
         f"{next_to_z}"

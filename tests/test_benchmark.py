@@ -326,3 +326,30 @@ def test_the_profile_table_gives_each_operations_share():
         "| MatMul (dense) | 6.00 | 60.0 % |",
         "| Conv2D (conv2d) | 3.00 | 30.0 % |",
     ]
+
+
+@pytest.mark.parametrize(
+    "overrides, next_to_z",
+    [
+        ({}, "dense 3 x 256 (gelu) on each side of z, latent 2, batch 256"),
+        (
+            {"dataset": "cifar10"},
+            "a 3x3 convolution on each side of z, latent 256 (8x8x4 map), "
+            "a learned Gaussian prior, batch 64",
+        ),
+        (
+            {"dataset": "cifar10", "prior": "standard"},
+            "a 3x3 convolution on each side of z, latent 256 (8x8x4 map), batch 64",
+        ),
+        (
+            {"dataset": "cifar10", "spatial_latent": False},
+            "dense 3 x 256 (gelu) on each side of z, latent 128, "
+            "a learned Gaussian prior, batch 64",
+        ),
+    ],
+)
+def test_the_default_description_names_the_latent_and_its_prior(overrides, next_to_z):
+    import settings
+
+    config = settings.settled(settings.Config(**overrides))
+    assert next_to_z in workers.default_description(config)
