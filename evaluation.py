@@ -34,7 +34,7 @@ from scipy.special import entr, logsumexp
 
 from data import one_hot
 from training import jit_compile
-from vae import decode_for_loss, image_nats, kl_divergence, prior_parameters
+from vae import decode_for_loss, image_nats, kl_divergence, latent_kl, prior_parameters
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_NATS = 0.01  # a dimension whose mean KL over the test set is above this is in use
@@ -102,21 +102,6 @@ def log_prior(z, prior=None):
     mean, whitening = prior
     whitened = (z - mean) @ whitening.T
     return _log_normal(whitened, 0.0, 0.0) + np.sum(np.log(np.diag(whitening)))
-
-
-def kl_to_prior(z_mean, z_log_var, prior=None):
-    """KL(q(z|x) || p(z)) per image (float64): the dimensions' KL from N(0, 1) summed, or,
-    for the learned prior's `(mean, W)`, the KL between Gaussians in closed form."""
-    if prior is None:
-        return kl_per_dimension(z_mean, z_log_var).sum(axis=1)
-    mean, whitening = prior
-    whitened = (z_mean - mean) @ whitening.T
-    trace = np.exp(z_log_var) @ np.sum(whitening**2, axis=0)
-    log_determinant = 2 * np.sum(np.log(np.diag(whitening)))  # of the prior's precision
-    size = z_mean.shape[1]
-    return 0.5 * (
-        np.sum(whitened**2, axis=1) + trace - size - np.sum(z_log_var, axis=1) - log_determinant
-    )
 
 
 def marginal_kl_per_dimension(z_mean, z_log_var, prior=None):
@@ -239,10 +224,10 @@ def score_batch(vae, scorer, batch, labels, where, samples, rng, rows=None):
         - _log_normal(z, z_mean[:, None], z_log_var[:, None])
     )
     iw_nll = -(logsumexp(log_weights, axis=1) - math.log(samples))
-    kl, kl_per_dim = (
-        kl_to_prior(z_mean, z_log_var, prior),
-        marginal_kl_per_dimension(z_mean, z_log_var, prior),
-    )
+    # The training loss's own KL: against N(0, I) or the learned prior.
+    as_tensors = (keras.ops.convert_to_tensor(part) for part in (z_mean, z_log_var))
+    kl = np.asarray(keras.ops.convert_to_numpy(latent_kl(vae, *as_tensors)), np.float64)
+    kl_per_dim = marginal_kl_per_dimension(z_mean, z_log_var, prior)
     return nats.mean(axis=1), kl, kl_per_dim, iw_nll, squared_error
 
 
