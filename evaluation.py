@@ -195,9 +195,8 @@ def evaluate(vae, images, labels=None, samples=64, images_per_batch=32, seed=0, 
 def score_batch(vae, scorer, batch, labels, where, samples, rng, rows=None):
     """For each image of `batch` (at `where` among the `labels`): its mean -log p(x|z) over
     `samples` draws of z, its KL, each latent dimension's (marginal_kl_per_dimension), its
-    importance-weighted NLL and the
-    mean squared error of the decoder's image at z_mean. The models run on batches padded
-    to `rows` images (`predict_padded`)."""
+    importance-weighted NLL and the mean squared error of the decoder's image at z_mean. The
+    models run on batches padded to `rows` images (`predict_padded`)."""
     rows = rows or len(batch)
     conditions = one_hot(labels[where], vae.num_classes) if vae.conditional else None
     encoded = predict_padded(vae.encoder, [batch, conditions] if vae.conditional else [batch], rows)
