@@ -18,10 +18,12 @@ import time
 import keras
 import numpy as np
 
+import pixel_head
 import plotting
+import startup
 import vae as vae_module
 from evaluation import bits_per_dimension
-from flops import decoder_flops, forward_flops, vae_flops
+from flops import decoder_flops, forward_flops, pixel_head_flops, vae_flops
 from run_folder import (
     PROGRESS_FILE,
     RunError,
@@ -230,11 +232,13 @@ def epochs_that_fit(fitting, epochs, first_epoch, budget_seconds):
 
 class TimeEstimate(keras.callbacks.Callback):
     """After the first training steps, one line: how long the whole run will take on this
-    machine (the epochs left with their validation, then the test-set evaluation) and how
-    many --epochs fit in `budget_seconds`. The steps after the first `skipped` (which trace
-    the graph) are timed; validation and the evaluation are priced from the same seconds per
-    image by their share of a training step's FLOPs (a training step costs about three
-    forward passes; evaluation_flops, evaluation.py's passes per test image)."""
+    machine (the time since the program started, the epochs left with their validation,
+    then the test-set evaluation and the plots) and how many --epochs fit in
+    `budget_seconds`. The steps after the first `skipped` (which trace the graph) are timed;
+    validation, the evaluation and the plots are priced from the same seconds per image by
+    their share of a training step's FLOPs (a training step costs about three forward
+    passes; evaluation_flops, evaluation.py's passes per test image; plot_flops, the plots'
+    pixel-by-pixel draws, which are most of their arithmetic)."""
 
     def __init__(
         self,
@@ -244,6 +248,7 @@ class TimeEstimate(keras.callbacks.Callback):
         test_images,
         evaluation_flops,
         training_flops,
+        plot_flops=0,
         budget_seconds=600,
         skipped=3,
         timed=20,
@@ -252,6 +257,7 @@ class TimeEstimate(keras.callbacks.Callback):
         self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
         self.test_images, self.budget_seconds = test_images, budget_seconds
         self.evaluation_flops, self.training_flops = evaluation_flops, training_flops
+        self.plot_flops = plot_flops
         self.skipped, self.timed = skipped, min(timed, steps_per_epoch - skipped - 1)
         self.line = None
 
@@ -266,25 +272,27 @@ class TimeEstimate(keras.callbacks.Callback):
             self.started = time.perf_counter()
         elif batch == self.skipped - 1 + self.timed and self.started is not None:
             step = (time.perf_counter() - self.started) / self.timed
-            self.line = self.describe(step / self.batch_size)
+            so_far = time.monotonic() - startup.STARTED
+            self.line = self.describe(step / self.batch_size, so_far, steps_done=batch + 1)
             print("\n" + self.line, flush=True)
 
-    def describe(self, seconds_per_image):
-        """The estimate for training at `seconds_per_image` (a training image)."""
+    def describe(self, seconds_per_image, so_far=0.0, steps_done=0):
+        """The estimate for training at `seconds_per_image` (a training image), `so_far`
+        seconds after the program started and `steps_done` steps into the first epoch."""
         forward = seconds_per_image / 3  # forward pass only, as validation does
         epoch = seconds_per_image * self.steps_per_epoch * self.batch_size
         epoch += forward * self.test_images  # validation
-        evaluation = (
-            seconds_per_image * self.test_images * self.evaluation_flops / self.training_flops
-        )
+        after_flops = self.test_images * self.evaluation_flops + self.plot_flops
+        after = seconds_per_image * after_flops / self.training_flops
         epochs_left = self.epochs - self.first_epoch
-        total = epochs_left * epoch + evaluation
-        fitting = int((self.budget_seconds - evaluation) // epoch) + self.first_epoch
+        training = epochs_left * epoch - steps_done * self.batch_size * seconds_per_image
+        total = so_far + training + after
+        fitting = int((self.budget_seconds - so_far - after) // epoch) + self.first_epoch
         advice = epochs_that_fit(fitting, self.epochs, self.first_epoch, self.budget_seconds)
         return (
-            f"Estimated time on this machine: {duration(total)} (training "
-            f"{plural(epochs_left, 'epoch')} of {duration(epoch)}, then the evaluation "
-            f"{duration(evaluation)}); {advice}."
+            f"Estimated time on this machine: {duration(total)} (so far {duration(so_far)}, "
+            f"training {plural(epochs_left, 'epoch')} of {duration(epoch)}, then the "
+            f"evaluation and plots {duration(after)}); {advice}."
         )
 
 
@@ -402,6 +410,7 @@ def make_callbacks(config, run_name, vae, train_count, images, progress, is_chie
             len(images.test_images),
             evaluation_flops(vae, config.iw_samples),
             vae_flops(vae)[1],
+            plot_flops(vae),
         ),
     ]
     if config.image_every:
@@ -417,6 +426,18 @@ def make_callbacks(config, run_name, vae, train_count, images, progress, is_chie
             )
         )
     return callbacks
+
+
+def plot_flops(vae):
+    """FLOPs of the plots' pixel-by-pixel draws (plotting.plot_all's pixel_head_samples.png:
+    each pixel of each image a pass of the pixel head over the rows it sees); 0 without a
+    pixel head. The other plots decode a few hundred images, a small share of the evaluation."""
+    if vae.pixel_head is None:
+        return 0
+    height, width = vae.decoder.output.shape[1:3]
+    rows = min(pixel_head.rows_seen_above(vae.pixel_head) + 1, height)
+    window = pixel_head_flops(vae.pixel_head, rows * width)
+    return plotting.SAMPLES_GRID**2 * height * width * window
 
 
 def evaluation_flops(vae, samples):

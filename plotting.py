@@ -21,6 +21,9 @@ from scipy.stats import norm  # noqa: E402
 from data import one_hot  # noqa: E402
 from evaluation import ACTIVE_UNIT_NATS, kl_per_dimension  # noqa: E402
 
+# samples.png (and pixel_head_samples.png) show this many pictures a side.
+SAMPLES_GRID = 10
+
 PREDICT_BATCH_SIZE = 500  # large batches: prediction holds no gradients
 
 
@@ -230,7 +233,7 @@ def prior_samples(decoder, count, seed=0, labels=None, draw=None, prior=None):
     return decode(decoder, z, labels, draw)
 
 
-def plot_samples(decoder, path, grid_size=10, seed=0, draw=None, prior=None):
+def plot_samples(decoder, path, grid_size=SAMPLES_GRID, seed=0, draw=None, prior=None):
     images = prior_samples(decoder, grid_size * grid_size, seed, draw=draw, prior=prior)
     figure, axes = plt.subplots(figsize=(8, 8))
     show(axes, image_grid(images, grid_size))

@@ -18,6 +18,10 @@ import os
 import re
 import sys
 import tempfile
+import time
+
+# When the program started: the run's time estimate (callbacks.TimeEstimate) counts from here.
+STARTED = time.monotonic()
 
 # TensorFlow's log severities, in the order TF_CPP_MIN_LOG_LEVEL counts them.
 SEVERITIES = "IWEF"

@@ -273,28 +273,45 @@ def test_a_run_of_too_few_steps_says_how_to_get_more(train_count, batch_size, ep
 
 
 @pytest.mark.parametrize(
-    "seconds_per_image, budget, expected",
+    "seconds_per_image, so_far, steps_done, plot_flops, expected",
     [
         # 10 epochs of 1000 images at 1 ms + validation of 300 at a third of that: 1.1 s an
         # epoch; the evaluation costs twice a training image's FLOPs per test image: 0.6 s;
         # (600 - 0.6) / 1.1 = 544.9 epochs fit in the budget.
         (
             1e-3,
-            600,
-            "Estimated time on this machine: 12 s (training 10 epochs of 1 s, then "
-            "the evaluation 1 s); up to --epochs 544 would fit in 10 min here.",
+            0,
+            0,
+            0,
+            "Estimated time on this machine: 12 s (so far 0 s, training 10 epochs of 1 s, "
+            "then the evaluation and plots 1 s); up to --epochs 544 would fit in 10 min here.",
         ),
         # At 0.1 s per image: 110 s an epoch, 60 s of evaluation; 600 s hold 4 epochs.
         (
             0.1,
-            600,
-            "Estimated time on this machine: 19 min 20 s (training 10 epochs of "
-            "1 min 50 s, then the evaluation 1 min); --epochs 4 would fit in 10 min here.",
+            0,
+            0,
+            0,
+            "Estimated time on this machine: 19 min 20 s (so far 0 s, training 10 epochs of "
+            "1 min 50 s, then the evaluation and plots 1 min); --epochs 4 would fit in 10 min "
+            "here.",
+        ),
+        # At 10 ms: 11 s an epoch; 50 s gone, 23 steps (2.3 s) of the first epoch done; the
+        # evaluation (1,800 FLOPs) and the plots (3,000) cost 1,600 training images' worth,
+        # 16 s: 50 + 110 - 2.3 + 16 = 173.7 s; (600 - 50 - 16) // 11 = 48 epochs fit.
+        (
+            0.01,
+            50,
+            23,
+            3000,
+            "Estimated time on this machine: 2 min 54 s (so far 50 s, training 10 epochs of "
+            "11 s, then the evaluation and plots 16 s); up to --epochs 48 would fit in 10 min "
+            "here.",
         ),
     ],
 )
-def test_time_estimate_prices_training_validation_and_evaluation(
-    seconds_per_image, budget, expected
+def test_time_estimate_prices_what_is_left_after_what_has_gone(
+    seconds_per_image, so_far, steps_done, plot_flops, expected
 ):
     estimate = callbacks.TimeEstimate(
         epochs=10,
@@ -303,7 +320,8 @@ def test_time_estimate_prices_training_validation_and_evaluation(
         test_images=300,
         evaluation_flops=6,
         training_flops=3,
-        budget_seconds=budget,
+        plot_flops=plot_flops,
+        budget_seconds=600,
     )
     estimate.first_epoch = 0
-    assert estimate.describe(seconds_per_image) == expected
+    assert estimate.describe(seconds_per_image, so_far, steps_done) == expected
