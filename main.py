@@ -236,6 +236,7 @@ def training_record(config):
 def main(argv=None):
     """`python main.py`: the flags, then a training run (or --evaluate-only). A mistake the
     user can fix ends in one line, `error: ...`, with exit status 1."""
+    startup.start_clock()
     config = settings.parse_args(argv, description=__doc__.split("\n\n")[0])
     # Only now, the command line read: TensorFlow's options, then TensorFlow itself.
     startup.prepare_tensorflow(config.tensorflow_notices)

@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 
-# When the program started: the run's time estimate (callbacks.TimeEstimate) counts from here.
+# When the program started (reset by `start_clock`, which main.main calls first): the run's
+# time estimate (callbacks.TimeEstimate) counts from here.
 STARTED = time.monotonic()
 
 # TensorFlow's log severities, in the order TF_CPP_MIN_LOG_LEVEL counts them.
@@ -31,6 +32,13 @@ SEVERITIES = "IWEF"
 LOG_LINE = re.compile(r"(?:([IWEF])\d{4} \S+ +\d+ |\d{4}-\d\d-\d\d \S+: ([IWEF]) )(.*)")
 # Abseil's own warning before its first message; it counts as one.
 BEFORE_ABSL = "WARNING: All log messages before absl::InitializeLog() is called"
+
+
+def start_clock():
+    """Count the run's time from now: main.main may be called long after the import (from a
+    notebook or a test)."""
+    global STARTED
+    STARTED = time.monotonic()
 
 
 def prepare_tensorflow(show_notices=False):
