@@ -435,7 +435,7 @@ def plot_flops(vae):
     if vae.pixel_head is None:
         return 0
     height, width = vae.decoder.output.shape[1:3]
-    rows = min(pixel_head.rows_seen_above(vae.pixel_head) + 1, height)
+    rows = pixel_head.drawing_window_rows(vae.pixel_head, height)
     window = pixel_head_flops(vae.pixel_head, rows * width)
     return plotting.SAMPLES_GRID**2 * height * width * window
 

@@ -136,6 +136,13 @@ def rows_seen_above(head):
         layer += 1
 
 
+def drawing_window_rows(head, height):
+    """The rows each pass of a pixel-by-pixel draw runs the `head` on: the pixel's own and
+    those it sees above (`rows_seen_above`), at most the image's `height`. Every pass takes
+    as many, so the head is compiled once, not once per height."""
+    return min(rows_seen_above(head) + 1, height)
+
+
 def _split(parameters, channels, components):
     """The mixture's weights' logits (..., components) and, each (..., components,
     channels or pairs): locations, log-scales and the channels' coefficients in (-1, 1)."""
@@ -228,9 +235,8 @@ def sample_images(head, features, channels, components, seed=0):
     count, height, width = features.shape[:3]
     images = np.zeros((count, height, width, channels), np.float32)
     reach = rows_seen_above(head)
-    # Every pass takes as many rows, so the head is compiled once, not once per height: a
-    # row near the top is drawn from the image's first rows, as a row reads none below it.
-    rows = min(reach + 1, height)
+    # A row near the top is drawn from the image's first rows, as a row reads none below it.
+    rows = drawing_window_rows(head, height)
     for row in range(height):
         top = max(0, row - reach)
         window_features = features[:, top : top + rows]
